@@ -1,0 +1,96 @@
+#pragma once
+// ferry's configuration as plain structs: no toml++ types leak past config/loader.cpp.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ferry {
+
+// Where a value came from, so later stages (certificate loading, binding) can report errors as
+// FILE:LINE:COLUMN like the loader does.
+struct SourcePos {
+  std::string file;
+  int line = 0;
+  int column = 0;
+};
+
+// One reported problem: `file:line:column: key: message`.
+struct ConfigError {
+  SourcePos pos;
+  std::string key;  // dotted path, e.g. "service[0].handshake_timeout" or "metrics.listen"
+  std::string message;
+
+  std::string str() const;  // "file:line:column: key: message"
+};
+
+enum class LogLevel { error, warn, info, debug };
+
+enum class ServiceMode { server, client };
+
+// A "host:port" or "[v6addr]:port" as written; resolution happens when the runtime is built.
+struct HostPort {
+  std::string host;  // without brackets: "127.0.0.1", "::1", "localhost"
+  uint16_t port = 0;
+
+  std::string str() const;  // back to the written form, brackets restored for IPv6
+};
+
+struct ServiceConfig {
+  std::string name;
+  ServiceMode mode = ServiceMode::server;
+  HostPort accept;
+  HostPort connect;
+  std::string cert_file;
+  std::string key_file;  // defaults to cert_file when absent
+  std::chrono::milliseconds handshake_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+
+  // Positions of values that are checked after loading (files, binding).
+  SourcePos pos;  // the [[service]] table header
+  SourcePos accept_pos;
+  SourcePos connect_pos;
+  SourcePos cert_pos;
+  SourcePos key_pos;  // == cert_pos when key is absent
+};
+
+struct MetricsConfig {
+  HostPort listen;
+  SourcePos listen_pos;
+};
+
+struct Config {
+  std::string path;          // the file this came from
+  unsigned workers = 0;      // 0 = one per CPU (resolve with effective_workers())
+  LogLevel log_level = LogLevel::info;
+  std::optional<MetricsConfig> metrics;  // absent: no endpoint
+  std::vector<ServiceConfig> services;
+
+  unsigned effective_workers() const;
+};
+
+struct LoadResult {
+  std::optional<Config> config;         // set only when errors is empty
+  std::vector<ConfigError> errors;      // every error found, in file order
+  std::vector<ConfigError> warnings;
+};
+
+// Parse and validate a TOML config. Never throws; all problems land in `errors`.
+LoadResult load_config_file(const std::string& path);
+LoadResult load_config_string(std::string_view toml_text, const std::string& path);
+
+// "250ms", "10s", "5m", "1h", and sums like "1m30s". Positive, at most 24h.
+// On failure returns nullopt and, if `why` is given, a short reason.
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text,
+                                                        std::string* why = nullptr);
+
+// "host:port" or "[v6]:port", port 1..65535. Host must be non-empty.
+std::optional<HostPort> parse_host_port(std::string_view text, std::string* why = nullptr);
+
+const char* to_string(LogLevel level);
+std::optional<LogLevel> parse_log_level(std::string_view text);
+
+}  // namespace ferry

@@ -1,1 +1,175 @@
-// placeholder
+#include "core/metrics.h"
+
+#include <uv.h>
+
+#include <cstring>
+
+#include <prometheus/text_serializer.h>
+
+#include "core/process_metrics.h"
+
+namespace ferry {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+const prometheus::Histogram::BucketBoundaries kHandshakeBuckets = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+const prometheus::Histogram::BucketBoundaries kConnectionBuckets = {
+    0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400};
+
+}  // namespace
+
+const char* tls_version_label(int version) {
+  switch (version) {
+    case TLS1_2_VERSION:
+      return "TLSv1.2";
+    case TLS1_3_VERSION:
+      return "TLSv1.3";
+    default:
+      return "other";
+  }
+}
+
+prometheus::Counter& ServiceMetrics::handshake_for(const SSL* ssl) {
+  const int version = SSL_version(ssl);
+  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl);
+  const uint32_t id = cipher ? SSL_CIPHER_get_id(cipher) : 0;
+  for (const HandshakeKey& k : handshakes) {
+    if (k.cipher_id == id && k.version == version) return *k.counter;
+  }
+  const char* std_name = cipher ? SSL_CIPHER_standard_name(cipher) : nullptr;
+  return handshakes_family->Add({{"service", name},
+                                 {"version", tls_version_label(version)},
+                                 {"cipher", std_name ? std_name : "unknown"}});
+}
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      process_(std::make_shared<ProcessCollector>()),
+      connections_(BuildCounter()
+                       .Name("ferry_connections_total")
+                       .Help("Accepted client connections.")
+                       .Register(*registry_)),
+      active_(BuildGauge()
+                  .Name("ferry_connections_active")
+                  .Help("Client connections currently open.")
+                  .Register(*registry_)),
+      closed_(BuildCounter()
+                  .Name("ferry_connections_closed_total")
+                  .Help("Finished client connections by end reason.")
+                  .Register(*registry_)),
+      handshakes_(BuildCounter()
+                      .Name("ferry_handshakes_total")
+                      .Help("Successful TLS handshakes by protocol version and cipher (IANA name).")
+                      .Register(*registry_)),
+      handshake_failures_(BuildCounter()
+                              .Name("ferry_handshake_failures_total")
+                              .Help("Failed TLS handshakes by reason.")
+                              .Register(*registry_)),
+      handshake_duration_(BuildHistogram()
+                              .Name("ferry_handshake_duration_seconds")
+                              .Help("Time from accept to a completed TLS handshake.")
+                              .Register(*registry_)),
+      sessions_resumed_(BuildCounter()
+                            .Name("ferry_sessions_resumed_total")
+                            .Help("Handshakes that resumed a TLS session (ticket or cache).")
+                            .Register(*registry_)),
+      bytes_(BuildCounter()
+                 .Name("ferry_bytes_total")
+                 .Help("Plaintext bytes relayed, by direction.")
+                 .Register(*registry_)),
+      backend_connect_failures_(BuildCounter()
+                                    .Name("ferry_backend_connect_failures_total")
+                                    .Help("Backend connections that failed or timed out.")
+                                    .Register(*registry_)),
+      connection_duration_(BuildHistogram()
+                               .Name("ferry_connection_duration_seconds")
+                               .Help("Lifetime of client connections.")
+                               .Register(*registry_)),
+      certificate_expiry_(BuildGauge()
+                              .Name("ferry_certificate_expiry_timestamp_seconds")
+                              .Help("notAfter of the served certificate, as Unix time.")
+                              .Register(*registry_)),
+      build_info_(BuildGauge()
+                      .Name("ferry_build_info")
+                      .Help("Versions of ferry and the libraries it runs with; always 1.")
+                      .Register(*registry_)) {
+  build_info_
+      .Add({{"version", FERRY_VERSION},
+            {"openssl", OpenSSL_version(OPENSSL_VERSION_STRING)},
+            {"libuv", uv_version_string()}})
+      .Set(1);
+}
+
+ServiceMetrics& Metrics::service(const std::string& name) {
+  for (auto& s : services_) {
+    if (s->name == name) return *s;
+  }
+  auto s = std::make_unique<ServiceMetrics>();
+  s->name = name;
+  const prometheus::Labels svc{{"service", name}};
+  s->connections = &connections_.Add(svc);
+  s->active = &active_.Add(svc);
+  for (EndReason r : kAllEndReasons) {
+    s->closed[static_cast<size_t>(r)] = &closed_.Add({{"service", name}, {"reason", to_string(r)}});
+  }
+  for (HandshakeFailure r : kAllHandshakeFailures) {
+    s->handshake_failures[static_cast<size_t>(r)] =
+        &handshake_failures_.Add({{"service", name}, {"reason", to_string(r)}});
+  }
+  s->handshake_duration = &handshake_duration_.Add(svc, kHandshakeBuckets);
+  s->sessions_resumed = &sessions_resumed_.Add(svc);
+  s->bytes_to_backend = &bytes_.Add({{"service", name}, {"direction", "to_backend"}});
+  s->bytes_to_client = &bytes_.Add({{"service", name}, {"direction", "to_client"}});
+  s->backend_connect_failures = &backend_connect_failures_.Add(svc);
+  s->connection_duration = &connection_duration_.Add(svc, kConnectionBuckets);
+  s->handshakes_family = &handshakes_;
+  services_.push_back(std::move(s));
+  return *services_.back();
+}
+
+void Metrics::register_ciphers(ServiceMetrics& service, SSL_CTX* ctx) {
+  STACK_OF(SSL_CIPHER)* ciphers = SSL_CTX_get_ciphers(ctx);
+  const long min_version = SSL_CTX_get_min_proto_version(ctx);
+  const long max_version = SSL_CTX_get_max_proto_version(ctx);
+  for (int i = 0; i < sk_SSL_CIPHER_num(ciphers); ++i) {
+    const SSL_CIPHER* c = sk_SSL_CIPHER_value(ciphers, i);
+    // TLS 1.3 suites only run under TLS 1.3; the others only under TLS 1.2 (ferry's floor).
+    const int version =
+        std::strcmp(SSL_CIPHER_get_version(c), "TLSv1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    if ((min_version && version < min_version) || (max_version && version > max_version)) continue;
+    const uint32_t id = SSL_CIPHER_get_id(c);
+    bool known = false;
+    for (const auto& k : service.handshakes)
+      known = known || (k.cipher_id == id && k.version == version);
+    if (known) continue;
+    auto& counter = handshakes_.Add({{"service", service.name},
+                                     {"version", tls_version_label(version)},
+                                     {"cipher", SSL_CIPHER_standard_name(c)}});
+    service.handshakes.push_back({version, id, &counter});
+  }
+}
+
+void Metrics::set_certificate_expiry(const std::string& service, const std::string& subject,
+                                     std::time_t not_after) {
+  certificate_expiry_.Add({{"service", service}, {"subject", subject}})
+      .Set(static_cast<double>(not_after));
+}
+
+void Metrics::start_exposer(const HostPort& listen) {
+  // One serving thread is plenty for scrapes; civetweb throws if it cannot bind.
+  exposer_ = std::make_unique<prometheus::Exposer>(listen.str(), 1);
+  exposer_->RegisterCollectable(registry_, "/metrics");
+  exposer_->RegisterCollectable(process_, "/metrics");
+}
+
+std::string Metrics::serialize() const {
+  auto families = registry_->Collect();
+  for (auto& f : process_->Collect()) families.push_back(std::move(f));
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+}  // namespace ferry

@@ -1,1 +1,42 @@
-// placeholder
+#include "daemon/check.h"
+
+#include <ctime>
+#include <string>
+
+namespace ferry {
+namespace {
+
+std::string iso_time(std::time_t t) {
+  tm utc{};
+  gmtime_r(&t, &utc);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return buf;
+}
+
+}  // namespace
+
+void print_summary(const Runtime& runtime, std::FILE* out) {
+  const Config& c = runtime.config;
+  const size_t n = runtime.services.size();
+  const unsigned w = c.effective_workers();
+  std::fprintf(out, "%s: OK (%zu service%s, %u worker%s)\n", c.path.c_str(), n, n == 1 ? "" : "s",
+               w, w == 1 ? "" : "s");
+  if (c.metrics) std::fprintf(out, "metrics: http://%s/metrics\n", c.metrics->listen.str().c_str());
+  const std::time_t now = std::time(nullptr);
+  for (const ServiceRuntime& s : runtime.services) {
+    const CertificateInfo& cert = s.tls.cert;
+    std::fprintf(out, "service %s: server, accept %s, connect %s\n", s.config.name.c_str(),
+                 s.config.accept.str().c_str(), s.config.connect.str().c_str());
+    std::fprintf(out, "  certificate: subject %s\n", cert.subject.c_str());
+    std::string sans;
+    for (const std::string& san : cert.sans) sans += (sans.empty() ? "" : ", ") + san;
+    std::fprintf(out, "  SANs: %s\n", sans.empty() ? "(none)" : sans.c_str());
+    const long days = static_cast<long>((cert.not_after - now) / 86400);
+    std::fprintf(out, "  expires: %s (%s%ld days)\n", iso_time(cert.not_after).c_str(),
+                 cert.expired ? "EXPIRED " : "", days);
+    std::fprintf(out, "  key: %s\n", cert.key_type.c_str());
+  }
+}
+
+}  // namespace ferry

@@ -1,1 +1,98 @@
-int main() { return 0; }
+// ferry: parse the command line, load and validate the config, build the runtime, run.
+
+#include <signal.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "config/config.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/runtime.h"
+#include "core/server.h"
+#include "daemon/check.h"
+#include "daemon/cli.h"
+
+namespace {
+
+void print_errors(const std::vector<ferry::ConfigError>& errors, const char* prefix) {
+  for (const auto& e : errors) {
+    ferry::ConfigError shown = e;
+    shown.message = prefix + shown.message;
+    std::fprintf(stderr, "%s\n", shown.str().c_str());
+  }
+}
+
+int run(const ferry::CliOptions& opts) {
+  using ferry::kExitConfig;
+  const bool check = opts.action == ferry::CliOptions::Action::check;
+
+  ferry::LoadResult loaded = ferry::load_config_file(opts.config_path);
+  print_errors(loaded.warnings, "warning: ");
+  if (!loaded.errors.empty() || !loaded.config) {
+    print_errors(loaded.errors, "");
+    return kExitConfig;
+  }
+  const ferry::Config& config = *loaded.config;
+  ferry::log::set_level(config.log_level);
+
+  std::unique_ptr<ferry::Metrics> metrics;
+  if (!check) metrics = std::make_unique<ferry::Metrics>();
+  ferry::RuntimeResult built = ferry::build_runtime(config, metrics.get());
+  print_errors(built.warnings, "warning: ");
+  if (!built.errors.empty()) {
+    print_errors(built.errors, "");
+    return kExitConfig;
+  }
+  if (check) {
+    ferry::print_summary(*built.runtime, stdout);
+    return ferry::kExitOk;
+  }
+
+  ferry::Server server(built.runtime);
+  std::vector<ferry::ConfigError> errors;
+  if (!server.bind(errors)) {
+    print_errors(errors, "");
+    return kExitConfig;
+  }
+  if (config.metrics) {
+    try {
+      metrics->start_exposer(config.metrics->listen);
+    } catch (const std::exception& e) {
+      print_errors({{config.metrics->listen_pos, "metrics.listen",
+                     "cannot listen on " + config.metrics->listen.str() + ": " + e.what()}},
+                   "");
+      return kExitConfig;
+    }
+  }
+  return server.run();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Writes to a socket the peer has closed must fail with EPIPE, not kill the process.
+  signal(SIGPIPE, SIG_IGN);
+
+  const ferry::CliResult cli = ferry::parse_cli(argc, argv);
+  if (!cli.error.empty()) {
+    std::fprintf(stderr, "ferry: %s\n%s", cli.error.c_str(), ferry::usage_text());
+    return ferry::kExitUsage;
+  }
+  switch (cli.options.action) {
+    case ferry::CliOptions::Action::help:
+      std::fputs(ferry::usage_text(), stdout);
+      return ferry::kExitOk;
+    case ferry::CliOptions::Action::version:
+      std::fputs(ferry::version_text().c_str(), stdout);
+      return ferry::kExitOk;
+    default:
+      break;
+  }
+  try {
+    return run(cli.options);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ferry: start-up failed: %s\n", e.what());
+    return ferry::kExitConfig;
+  }
+}

@@ -1,1 +1,419 @@
-// placeholder
+// TOML -> Config. Collects every problem with its position; never throws to the caller.
+#include <arpa/inet.h>
+
+#include <toml++/toml.h>
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "config/config.h"
+
+namespace ferry {
+namespace {
+
+constexpr int64_t kMaxWorkers = 1024;
+
+std::string_view type_name(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+std::string in_quotes(std::string_view text) {
+  return "\"" + std::string(text) + "\"";
+}
+
+// The form used to compare accept addresses: lower-case host, IP addresses in canonical form.
+std::string normalised(const HostPort& address) {
+  std::string host = address.host;
+  std::transform(host.begin(), host.end(), host.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  char buffer[INET6_ADDRSTRLEN] = {};
+  in6_addr v6{};
+  in_addr v4{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    if (inet_ntop(AF_INET6, &v6, buffer, sizeof buffer)) host = buffer;
+  } else if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    if (inet_ntop(AF_INET, &v4, buffer, sizeof buffer)) host = buffer;
+  }
+  return HostPort{host, address.port}.str();
+}
+
+bool valid_service_name(std::string_view name) {
+  if (name.empty()) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+// One pass over a parsed document. Every check appends to errors_ and carries on.
+class Loader {
+ public:
+  explicit Loader(std::string path) : path_(std::move(path)) { config_.path = path_; }
+
+  LoadResult run(std::string_view text);
+
+ private:
+  SourcePos pos_of(const toml::source_region& where) const {
+    return SourcePos{path_, static_cast<int>(where.begin.line),
+                     static_cast<int>(where.begin.column)};
+  }
+  void error(const toml::source_region& where, std::string key, std::string message) {
+    errors_.push_back(ConfigError{pos_of(where), std::move(key), std::move(message)});
+  }
+  void type_error(const toml::node& node, const std::string& key, std::string_view expected) {
+    error(node.source(), key,
+          "expected " + std::string(expected) + ", got " + std::string(type_name(node.type())));
+  }
+
+  void check_keys(const toml::table& table, const std::string& prefix,
+                  std::initializer_list<std::string_view> known);
+  const toml::table* table_at(const toml::node& node, const std::string& key);
+  const std::string* string_at(const toml::table& table, std::string_view name,
+                               const std::string& key);
+  void duration_at(const toml::table& table, std::string_view name, const std::string& key,
+                   std::chrono::milliseconds& out);
+  bool address_at(const toml::table& table, std::string_view name, const std::string& key,
+                  HostPort& out, SourcePos& pos);
+  std::string resolve_path(const std::string& file) const;
+
+  void load_global(const toml::node& node);
+  void load_metrics(const toml::node& node);
+  void load_services(const toml::node& node);
+  void load_service(const toml::node& node, size_t index);
+
+  std::string path_;
+  Config config_;
+  std::vector<ConfigError> errors_;
+  // For duplicate checks: name -> line of its first use; accept address -> who uses it.
+  std::map<std::string, int> names_;
+  std::map<std::string, std::string> accepts_;
+};
+
+void Loader::check_keys(const toml::table& table, const std::string& prefix,
+                        std::initializer_list<std::string_view> known) {
+  for (auto&& [key, value] : table) {
+    if (std::find(known.begin(), known.end(), key.str()) == known.end()) {
+      error(key.source(), prefix + std::string(key.str()), "unknown key");
+    }
+  }
+}
+
+const toml::table* Loader::table_at(const toml::node& node, const std::string& key) {
+  const toml::table* table = node.as_table();
+  if (!table) type_error(node, key, "a table");
+  return table;
+}
+
+const std::string* Loader::string_at(const toml::table& table, std::string_view name,
+                                     const std::string& key) {
+  const toml::node* node = table.get(name);
+  if (!node) return nullptr;
+  if (const auto* value = node->as_string()) return &value->get();
+  type_error(*node, key, "a string");
+  return nullptr;
+}
+
+void Loader::duration_at(const toml::table& table, std::string_view name, const std::string& key,
+                         std::chrono::milliseconds& out) {
+  const toml::node* node = table.get(name);
+  if (!node) return;
+  const auto* value = node->as_string();
+  if (!value) {
+    type_error(*node, key, "a duration string such as \"10s\"");
+    return;
+  }
+  std::string why;
+  if (auto parsed = parse_duration(value->get(), &why)) {
+    out = *parsed;
+  } else {
+    error(node->source(), key, "bad duration " + in_quotes(value->get()) + ": " + why);
+  }
+}
+
+bool Loader::address_at(const toml::table& table, std::string_view name, const std::string& key,
+                        HostPort& out, SourcePos& pos) {
+  const std::string* text = string_at(table, name, key);
+  if (!text) return false;
+  const toml::node& node = *table.get(name);
+  pos = pos_of(node.source());
+  std::string why;
+  auto parsed = parse_host_port(*text, &why);
+  if (!parsed) {
+    error(node.source(), key, "bad address " + in_quotes(*text) + ": " + why);
+    return false;
+  }
+  out = std::move(*parsed);
+  return true;
+}
+
+std::string Loader::resolve_path(const std::string& file) const {
+  const std::filesystem::path p(file);
+  const std::filesystem::path base = std::filesystem::path(path_).parent_path();
+  if (p.is_absolute() || base.empty()) return file;
+  return (base / p).string();
+}
+
+void Loader::load_global(const toml::node& node) {
+  const toml::table* table = table_at(node, "global");
+  if (!table) return;
+  check_keys(*table, "global.", {"workers", "log_level"});
+
+  if (const toml::node* workers = table->get("workers")) {
+    if (const auto* value = workers->as_integer()) {
+      if (value->get() < 0 || value->get() > kMaxWorkers) {
+        error(workers->source(), "global.workers",
+              "must be between 0 and " + std::to_string(kMaxWorkers) + " (0 = one per CPU)");
+      } else {
+        config_.workers = static_cast<unsigned>(value->get());
+      }
+    } else {
+      type_error(*workers, "global.workers", "an integer");
+    }
+  }
+
+  if (const std::string* level = string_at(*table, "log_level", "global.log_level")) {
+    if (auto parsed = parse_log_level(*level)) {
+      config_.log_level = *parsed;
+    } else {
+      error(table->get("log_level")->source(), "global.log_level",
+            "bad log level " + in_quotes(*level) + " (use error, warn, info or debug)");
+    }
+  }
+}
+
+void Loader::load_metrics(const toml::node& node) {
+  const toml::table* table = table_at(node, "metrics");
+  if (!table) return;
+  check_keys(*table, "metrics.", {"listen"});
+  if (!table->contains("listen")) {
+    error(table->source(), "metrics.listen", "missing required key");
+    return;
+  }
+  MetricsConfig metrics;
+  if (address_at(*table, "listen", "metrics.listen", metrics.listen, metrics.listen_pos)) {
+    config_.metrics = std::move(metrics);
+  }
+}
+
+void Loader::load_services(const toml::node& node) {
+  const toml::array* array = node.as_array();
+  if (!array) {
+    type_error(node, "service", "an array of tables ([[service]])");
+    return;
+  }
+  for (size_t i = 0; i < array->size(); ++i) load_service(*array->get(i), i);
+}
+
+void Loader::load_service(const toml::node& node, size_t index) {
+  const std::string prefix = "service[" + std::to_string(index) + "].";
+  const toml::table* table = table_at(node, "service[" + std::to_string(index) + "]");
+  if (!table) return;
+  check_keys(*table, prefix,
+             {"name", "mode", "accept", "connect", "cert", "key", "handshake_timeout",
+              "connect_timeout", "idle_timeout"});
+
+  ServiceConfig service;
+  service.pos = pos_of(table->source());
+  auto require = [&](std::string_view name) {
+    if (!table->contains(name)) {
+      error(table->source(), prefix + std::string(name), "missing required key");
+    }
+  };
+
+  require("name");
+  if (const std::string* name = string_at(*table, "name", prefix + "name")) {
+    const toml::node& name_node = *table->get("name");
+    if (!valid_service_name(*name)) {
+      error(name_node.source(), prefix + "name", "must match [a-z0-9_-]+");
+    } else if (auto first = names_.find(*name); first != names_.end()) {
+      error(name_node.source(), prefix + "name",
+            "duplicate service name " + in_quotes(*name) + " (first at line " +
+                std::to_string(first->second) + ")");
+    } else {
+      names_.emplace(*name, static_cast<int>(name_node.source().begin.line));
+      service.name = *name;
+    }
+  }
+
+  if (const std::string* mode = string_at(*table, "mode", prefix + "mode")) {
+    if (*mode == "client") {
+      service.mode = ServiceMode::client;
+      error(table->get("mode")->source(), prefix + "mode", "client mode is not supported yet");
+    } else if (*mode != "server") {
+      error(table->get("mode")->source(), prefix + "mode",
+            "bad mode " + in_quotes(*mode) + " (use server or client)");
+    }
+  }
+
+  require("accept");
+  if (address_at(*table, "accept", prefix + "accept", service.accept, service.accept_pos)) {
+    const std::string user = service.name.empty() ? "service[" + std::to_string(index) + "]"
+                                                  : "service " + in_quotes(service.name);
+    const auto [it, inserted] = accepts_.emplace(normalised(service.accept), user);
+    if (!inserted) {
+      error(table->get("accept")->source(), prefix + "accept",
+            "duplicate accept address " + service.accept.str() + " (also used by " + it->second +
+                ")");
+    }
+  }
+
+  require("connect");
+  address_at(*table, "connect", prefix + "connect", service.connect, service.connect_pos);
+
+  // A certificate is needed in server mode; client mode is rejected above.
+  if (service.mode == ServiceMode::server) require("cert");
+  if (const std::string* cert = string_at(*table, "cert", prefix + "cert")) {
+    service.cert_pos = pos_of(table->get("cert")->source());
+    if (cert->empty()) {
+      error(table->get("cert")->source(), prefix + "cert", "must not be empty");
+    }
+    service.cert_file = resolve_path(*cert);
+  }
+  service.key_file = service.cert_file;
+  service.key_pos = service.cert_pos;
+  if (const std::string* key = string_at(*table, "key", prefix + "key")) {
+    service.key_pos = pos_of(table->get("key")->source());
+    if (key->empty()) error(table->get("key")->source(), prefix + "key", "must not be empty");
+    service.key_file = resolve_path(*key);
+  }
+
+  duration_at(*table, "handshake_timeout", prefix + "handshake_timeout", service.handshake_timeout);
+  duration_at(*table, "connect_timeout", prefix + "connect_timeout", service.connect_timeout);
+  duration_at(*table, "idle_timeout", prefix + "idle_timeout", service.idle_timeout);
+
+  // Kept even when something above failed: the config is only returned without errors.
+  config_.services.push_back(std::move(service));
+}
+
+LoadResult Loader::run(std::string_view text) {
+  LoadResult result;
+  toml::table root;
+  try {
+    root = toml::parse(text, std::string_view(path_));
+  } catch (const toml::parse_error& e) {
+    // toml++ stops at the first syntax error: report it alone.
+    error(e.source(), "syntax", std::string(e.description()));
+    result.errors = std::move(errors_);
+    return result;
+  }
+
+  check_keys(root, "", {"global", "metrics", "service"});
+  if (const toml::node* global = root.get("global")) load_global(*global);
+  if (const toml::node* metrics = root.get("metrics")) load_metrics(*metrics);
+  if (const toml::node* services = root.get("service")) {
+    load_services(*services);
+    if (const toml::array* array = services->as_array(); array && array->empty()) {
+      error(services->source(), "service", "at least one [[service]] is required");
+    }
+  } else {
+    error(root.source(), "service", "at least one [[service]] is required");
+  }
+
+  std::stable_sort(errors_.begin(), errors_.end(), [](const ConfigError& a, const ConfigError& b) {
+    if (a.pos.line != b.pos.line) return a.pos.line < b.pos.line;
+    return a.pos.column < b.pos.column;
+  });
+  result.errors = std::move(errors_);
+  if (result.errors.empty()) result.config = std::move(config_);
+  return result;
+}
+
+LoadResult file_error(const std::string& path, std::string message) {
+  LoadResult result;
+  result.errors.push_back(ConfigError{SourcePos{path, 0, 0}, "", std::move(message)});
+  return result;
+}
+
+}  // namespace
+
+// Positions of 0 mean "the whole file" (e.g. it cannot be read): then only "file: message".
+std::string ConfigError::str() const {
+  std::string out = pos.file;
+  if (pos.line > 0) out += ":" + std::to_string(pos.line) + ":" + std::to_string(pos.column);
+  out += ": ";
+  if (!key.empty()) out += key + ": ";
+  out += message;
+  return out;
+}
+
+unsigned Config::effective_workers() const {
+  if (workers > 0) return workers;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+const char* to_string(LogLevel level) {
+  switch (level) {
+    case LogLevel::error:
+      return "error";
+    case LogLevel::warn:
+      return "warn";
+    case LogLevel::info:
+      return "info";
+    case LogLevel::debug:
+      return "debug";
+  }
+  return "info";
+}
+
+std::optional<LogLevel> parse_log_level(std::string_view text) {
+  if (text == "error") return LogLevel::error;
+  if (text == "warn") return LogLevel::warn;
+  if (text == "info") return LogLevel::info;
+  if (text == "debug") return LogLevel::debug;
+  return std::nullopt;
+}
+
+LoadResult load_config_string(std::string_view toml_text, const std::string& path) {
+  try {
+    return Loader(path).run(toml_text);
+  } catch (const std::exception& e) {
+    return file_error(path, std::string("cannot load: ") + e.what());
+  } catch (...) {
+    return file_error(path, "cannot load: unknown error");
+  }
+}
+
+LoadResult load_config_file(const std::string& path) {
+  try {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) return file_error(path, "is a directory");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return file_error(path, std::string("cannot open: ") + std::strerror(errno));
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) return file_error(path, "cannot read file");
+    return load_config_string(text.str(), path);
+  } catch (const std::exception& e) {
+    return file_error(path, std::string("cannot load: ") + e.what());
+  }
+}
+
+}  // namespace ferry

@@ -2,6 +2,7 @@
 // ferry's configuration as plain structs: no toml++ types leak past config/loader.cpp.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -39,6 +40,7 @@ struct HostPort {
 };
 
 struct ServiceConfig {
+  size_t index = 0;  // position among the file's [[service]] tables; keys read "service[index]."
   std::string name;
   ServiceMode mode = ServiceMode::server;
   HostPort accept;
@@ -74,6 +76,9 @@ struct Config {
 
 struct LoadResult {
   std::optional<Config> config;         // set only when errors is empty
+  // When there are errors but the TOML itself parsed: what could be read (fields with errors
+  // keep their defaults), so later checks such as loading certificates can still report theirs.
+  std::optional<Config> partial;
   std::vector<ConfigError> errors;      // every error found, in file order
   std::vector<ConfigError> warnings;
 };

@@ -241,6 +241,7 @@ void Loader::load_service(const toml::node& node, size_t index) {
               "connect_timeout", "idle_timeout"});
 
   ServiceConfig service;
+  service.index = index;
   service.pos = pos_of(table->source());
   auto require = [&](std::string_view name) {
     if (!table->contains(name)) {
@@ -342,7 +343,11 @@ LoadResult Loader::run(std::string_view text) {
     return a.pos.column < b.pos.column;
   });
   result.errors = std::move(errors_);
-  if (result.errors.empty()) result.config = std::move(config_);
+  if (result.errors.empty()) {
+    result.config = std::move(config_);
+  } else {
+    result.partial = std::move(config_);
+  }
   return result;
 }
 

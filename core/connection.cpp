@@ -179,8 +179,8 @@ void Connection::do_handshake() {
     handshake_done();
     return;
   }
+  const int saved_errno = errno;  // before SSL_get_error, which may touch it
   const int err = SSL_get_error(ssl_.get(), r);
-  const int saved_errno = errno;
   if (err == SSL_ERROR_WANT_READ) {
     set_poll(UV_READABLE);
     return;

@@ -2,7 +2,9 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <tuple>
 #include <exception>
 
 #include "config/config.h"
@@ -23,6 +25,10 @@ void print_errors(const std::vector<ferry::ConfigError>& errors, const char* pre
   }
 }
 
+bool by_position(const ferry::ConfigError& a, const ferry::ConfigError& b) {
+  return std::tie(a.pos.line, a.pos.column) < std::tie(b.pos.line, b.pos.column);
+}
+
 int run(const ferry::CliOptions& opts) {
   using ferry::kExitConfig;
   const bool check = opts.action == ferry::CliOptions::Action::check;
@@ -30,6 +36,15 @@ int run(const ferry::CliOptions& opts) {
   ferry::LoadResult loaded = ferry::load_config_file(opts.config_path);
   print_errors(loaded.warnings, "warning: ");
   if (!loaded.errors.empty() || !loaded.config) {
+    // Report certificate problems together with the config errors: all errors in one go.
+    if (loaded.partial) {
+      for (const ferry::ServiceConfig& svc : loaded.partial->services) {
+        if (svc.cert_file.empty()) continue;
+        std::vector<ferry::ConfigError> ignored_warnings;
+        ferry::build_server_tls_context(svc, loaded.errors, ignored_warnings);
+      }
+      std::stable_sort(loaded.errors.begin(), loaded.errors.end(), by_position);
+    }
     print_errors(loaded.errors, "");
     return kExitConfig;
   }

@@ -536,10 +536,10 @@ TEST_CASE("load_config_file reads the file and names it in errors") {
 }
 
 TEST_CASE("ConfigError::str formats file:line:column: key: message") {
-  CHECK(ferry::ConfigError{{"a.toml", 3, 7}, "global.workers", "bad"}.str() ==
-        "a.toml:3:7: global.workers: bad");
-  CHECK(ferry::ConfigError{{"a.toml", 0, 0}, "", "cannot open: x"}.str() ==
-        "a.toml: cannot open: x");
+  const ferry::ConfigError positioned{{"a.toml", 3, 7}, "global.workers", "bad"};
+  const ferry::ConfigError whole_file{{"a.toml", 0, 0}, "", "cannot open: x"};
+  CHECK(positioned.str() == "a.toml:3:7: global.workers: bad");
+  CHECK(whole_file.str() == "a.toml: cannot open: x");
 }
 
 TEST_CASE("Config::effective_workers resolves 0 to the CPU count") {

@@ -536,8 +536,15 @@ TEST_CASE("load_config_file reads the file and names it in errors") {
 }
 
 TEST_CASE("ConfigError::str formats file:line:column: key: message") {
-  const ferry::ConfigError positioned{{"a.toml", 3, 7}, "global.workers", "bad"};
-  const ferry::ConfigError whole_file{{"a.toml", 0, 0}, "", "cannot open: x"};
+  ferry::ConfigError positioned;
+  positioned.pos.file = "a.toml";
+  positioned.pos.line = 3;
+  positioned.pos.column = 7;
+  positioned.key = "global.workers";
+  positioned.message = "bad";
+  ferry::ConfigError whole_file;
+  whole_file.pos.file = "a.toml";
+  whole_file.message = "cannot open: x";
   CHECK(positioned.str() == "a.toml:3:7: global.workers: bad");
   CHECK(whole_file.str() == "a.toml: cannot open: x");
 }

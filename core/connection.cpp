@@ -320,11 +320,8 @@ void Connection::read_from_client() {
         up_want_write_ = true;
         blocked = true;
       } else if (err == SSL_ERROR_ZERO_RETURN) {
-        client_eof_ = true;  // close_notify
-      } else if (err == SSL_ERROR_SSL &&
-                 ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-        // TCP FIN without close_notify: most clients do this; treat it as their half-close.
-        ERR_clear_error();
+        // close_notify, or a bare TCP FIN (SSL_OP_IGNORE_UNEXPECTED_EOF): the client's
+        // half-close, forwarded to the backend once everything before it is written.
         client_eof_ = true;
       } else {
         client_io_error(err, "read");

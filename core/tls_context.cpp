@@ -317,7 +317,10 @@ bool apply_policy(SSL_CTX* ctx, const std::string& service_name, std::string& wh
 
   uint64_t options =
       SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA | SSL_OP_NO_COMPRESSION |
-      SSL_OP_NO_RENEGOTIATION;
+      SSL_OP_NO_RENEGOTIATION |
+      // A TCP FIN without close_notify is how most clients half-close. Without this option
+      // OpenSSL 3 makes it a fatal error and the backend's reply could no longer be sent.
+      SSL_OP_IGNORE_UNEXPECTED_EOF;
 #ifdef SSL_OP_NO_CLIENT_RENEGOTIATION
   options |= SSL_OP_NO_CLIENT_RENEGOTIATION;
 #endif

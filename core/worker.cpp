@@ -70,6 +70,7 @@ void Worker::run() {
   LOG_DEBUG("worker running with %zu listeners", listeners_.size());
   uv_run(&loop_, UV_RUN_DEFAULT);
   const int rc = uv_loop_close(&loop_);
+  loop_closed_cleanly_ = rc == 0;
   if (rc != 0) LOG_ERROR("worker loop closed with live handles: %s", uv_strerror(rc));
   LOG_DEBUG("worker stopped");
 }

@@ -33,6 +33,8 @@ class Worker {
   void stop();  // stop accepting, close every connection, end the loop; then join()
   void join();
   size_t active_connections() const { return active_.load(std::memory_order_relaxed); }
+  // After join(): whether the loop closed with no handle left (uv_loop_close() == 0).
+  bool loop_closed_cleanly() const { return loop_closed_cleanly_; }
 
   // Worker thread.
   int id() const { return id_; }
@@ -60,6 +62,7 @@ class Worker {
   Connection* connections_ = nullptr;  // intrusive list of live connections
   uint64_t next_connection_id_ = 1;
   bool stopping_ = false;
+  bool loop_closed_cleanly_ = false;
   std::atomic<size_t> active_{0};
 
   std::mutex commands_mutex_;

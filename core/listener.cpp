@@ -46,6 +46,19 @@ int open_listen_socket(const SocketAddress& addr, std::string& why) {
   return fd;
 }
 
+bool address_in_use(const SocketAddress& addr, std::string& why) {
+  const int family = addr.storage.ss_family;
+  const int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;  // the real bind reports the problem
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  const bool in_use = ::bind(fd, addr.get(), addr.len) != 0 && errno == EADDRINUSE;
+  if (in_use) why = "cannot listen on " + addr.str() + ": " + std::strerror(EADDRINUSE);
+  ::close(fd);
+  return in_use;
+}
+
 Listener::Listener(Worker& worker, size_t service_index, int fd)
     : worker_(worker), service_index_(service_index), fd_(fd) {}
 

@@ -17,6 +17,11 @@ class Worker;
 // close-on-exec. Returns the fd, or -1 with `why` set.
 int open_listen_socket(const SocketAddress& addr, std::string& why);
 
+// Whether another process already listens on `addr`. SO_REUSEPORT would otherwise let a second
+// ferry (same user) bind the same port silently and take half the traffic: bind once without it
+// first, so that case fails with "Address already in use" like any other.
+bool address_in_use(const SocketAddress& addr, std::string& why);
+
 class Listener {
  public:
   Listener(Worker& worker, size_t service_index, int fd);

@@ -29,8 +29,17 @@ Server::~Server() {
 }
 
 bool Server::bind(std::vector<ConfigError>& errors) {
-  listen_fds_.assign(workers_count_, {});
   bool ok = true;
+  for (const ServiceRuntime& svc : runtime_->services) {
+    std::string why;
+    if (address_in_use(svc.accept, why)) {
+      errors.push_back(
+          {svc.config.accept_pos, "service[" + std::to_string(svc.index) + "].accept", why});
+      ok = false;
+    }
+  }
+  if (!ok) return false;
+  listen_fds_.assign(workers_count_, {});
   for (unsigned w = 0; w < workers_count_; ++w) {
     for (const ServiceRuntime& svc : runtime_->services) {
       std::string why;

@@ -446,6 +446,8 @@ void Connection::backend_read(ssize_t nread) {
 
 void Connection::flush_to_client() {
   down_want_read_ = false;
+  if (down_off_ < down_len_)
+    last_activity_ms_ = uv_now(worker_.loop());  // a slow reader is not idle
   while (down_off_ < down_len_) {
     ERR_clear_error();
     size_t n = 0;

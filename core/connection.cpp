@@ -522,8 +522,9 @@ void Connection::client_io_error(int ssl_error, const char* op) {
 
 void Connection::log_access() const {
   const SSL* ssl = ssl_.get();
-  const char* version = ssl ? SSL_get_version(ssl) : "-";
-  const SSL_CIPHER* cipher = ssl ? SSL_get_current_cipher(ssl) : nullptr;
+  const bool negotiated = ssl && SSL_is_init_finished(ssl);  // version and cipher are known
+  const char* version = negotiated ? SSL_get_version(ssl) : "-";
+  const SSL_CIPHER* cipher = negotiated ? SSL_get_current_cipher(ssl) : nullptr;
   const char* cipher_name = cipher ? SSL_CIPHER_standard_name(cipher) : nullptr;
   CLOG_INFO(id_,
             "access service=%s client=%s version=%s cipher=%s sni=%s to_backend=%llu "
@@ -537,7 +538,6 @@ void Connection::log_access() const {
 
 void Connection::close(EndReason reason) {
   if (state_ == State::closing) return;
-  const State was = state_;
   state_ = State::closing;
   end_reason_ = reason;
 
@@ -545,7 +545,7 @@ void Connection::close(EndReason reason) {
   m.closed_for(reason).Increment();
   m.active->Decrement();
   m.connection_duration->Observe(seconds_since(start_ns_));
-  if (was != State::handshake) log_access();  // a failed handshake logged its own line
+  log_access();  // every connection, failed handshakes included (end=handshake_failed)
 
   uv_close(handle(&timer_), on_handle_closed);
   // client_poll_.data is set iff start() got past uv_poll_init_socket.

@@ -29,6 +29,8 @@ struct ConfigError {
 
 enum class LogLevel { error, warn, info, debug };
 
+enum class LogFormat { text, json };
+
 enum class ServiceMode { server, client };
 
 // A "host:port" or "[v6addr]:port" as written; resolution happens when the runtime is built.
@@ -43,7 +45,8 @@ struct ServiceConfig {
   size_t index = 0;  // position among the file's [[service]] tables; keys read "service[index]."
   std::string name;
   ServiceMode mode = ServiceMode::server;
-  HostPort accept;
+  HostPort accept;             // unused when accept_systemd is set
+  std::string accept_systemd;  // "systemd:NAME": the inherited socket named NAME
   HostPort connect;
   std::string cert_file;
   std::string key_file;  // defaults to cert_file when absent
@@ -68,6 +71,14 @@ struct Config {
   std::string path;          // the file this came from
   unsigned workers = 0;      // 0 = one per CPU (resolve with effective_workers())
   LogLevel log_level = LogLevel::info;
+  LogFormat log_format = LogFormat::text;
+  bool access_log = true;                 // one line per finished connection, at info
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};  // drain on SIGTERM
+  bool watch_files = true;                // reload when a cert/key file changes
+  std::string user;                       // drop to this user after binding (empty: stay)
+  std::string group;                      // and this group (empty: the user's primary group)
+  SourcePos user_pos;
+  SourcePos group_pos;
   std::optional<MetricsConfig> metrics;  // absent: no endpoint
   std::vector<ServiceConfig> services;
 

@@ -12,6 +12,7 @@
 #include <map>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "config/config.h"
 
@@ -100,6 +101,8 @@ class Loader {
                                const std::string& key);
   void duration_at(const toml::table& table, std::string_view name, const std::string& key,
                    std::chrono::milliseconds& out);
+  void bool_at(const toml::table& table, std::string_view name, const std::string& key,
+               bool& out);
   bool address_at(const toml::table& table, std::string_view name, const std::string& key,
                   HostPort& out, SourcePos& pos);
   std::string resolve_path(const std::string& file) const;
@@ -184,7 +187,9 @@ std::string Loader::resolve_path(const std::string& file) const {
 void Loader::load_global(const toml::node& node) {
   const toml::table* table = table_at(node, "global");
   if (!table) return;
-  check_keys(*table, "global.", {"workers", "log_level"});
+  check_keys(*table, "global.",
+             {"workers", "log_level", "log_format", "access_log", "shutdown_timeout",
+              "watch_files", "user", "group"});
 
   if (const toml::node* workers = table->get("workers")) {
     if (const auto* value = workers->as_integer()) {
@@ -206,6 +211,41 @@ void Loader::load_global(const toml::node& node) {
       error(table->get("log_level")->source(), "global.log_level",
             "bad log level " + in_quotes(*level) + " (use error, warn, info or debug)");
     }
+  }
+
+  if (const std::string* format = string_at(*table, "log_format", "global.log_format")) {
+    if (*format == "text") {
+      config_.log_format = LogFormat::text;
+    } else if (*format == "json") {
+      config_.log_format = LogFormat::json;
+    } else {
+      error(table->get("log_format")->source(), "global.log_format",
+            "bad log format " + in_quotes(*format) + " (use text or json)");
+    }
+  }
+  bool_at(*table, "access_log", "global.access_log", config_.access_log);
+  bool_at(*table, "watch_files", "global.watch_files", config_.watch_files);
+  duration_at(*table, "shutdown_timeout", "global.shutdown_timeout", config_.shutdown_timeout);
+  for (auto [name, out, pos] : {std::tuple{"user", &config_.user, &config_.user_pos},
+                                std::tuple{"group", &config_.group, &config_.group_pos}}) {
+    if (const std::string* value = string_at(*table, name, std::string("global.") + name)) {
+      *pos = pos_of(table->get(name)->source());
+      if (value->empty()) {
+        error(table->get(name)->source(), std::string("global.") + name, "must not be empty");
+      }
+      *out = *value;
+    }
+  }
+}
+
+void Loader::bool_at(const toml::table& table, std::string_view name, const std::string& key,
+                     bool& out) {
+  const toml::node* node = table.get(name);
+  if (!node) return;
+  if (const auto* value = node->as_boolean()) {
+    out = value->get();
+  } else {
+    type_error(*node, key, "a boolean");
   }
 }
 
@@ -275,7 +315,24 @@ void Loader::load_service(const toml::node& node, size_t index) {
   }
 
   require("accept");
-  if (address_at(*table, "accept", prefix + "accept", service.accept, service.accept_pos)) {
+  const std::string* accept_text = table->get_as<std::string>("accept")
+                                       ? &table->get_as<std::string>("accept")->get()
+                                       : nullptr;
+  if (accept_text && accept_text->starts_with("systemd:")) {
+    // Socket activation: the socket comes from systemd, named by FileDescriptorName=.
+    service.accept_pos = pos_of(table->get("accept")->source());
+    service.accept_systemd = accept_text->substr(8);
+    if (service.accept_systemd.empty() || service.accept_systemd.size() > 255 ||
+        service.accept_systemd.find(':') != std::string::npos) {
+      error(table->get("accept")->source(), prefix + "accept",
+            "bad socket name " + in_quotes(*accept_text) +
+                " (use systemd:NAME with the unit's FileDescriptorName=)");
+    } else if (!accepts_.emplace(*accept_text, service.name).second) {
+      error(table->get("accept")->source(), prefix + "accept",
+            "duplicate accept address " + *accept_text);
+    }
+  } else if (address_at(*table, "accept", prefix + "accept", service.accept,
+                        service.accept_pos)) {
     const std::string user = service.name.empty() ? "service[" + std::to_string(index) + "]"
                                                   : "service " + in_quotes(service.name);
     const auto [it, inserted] = accepts_.emplace(normalised(service.accept), user);

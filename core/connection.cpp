@@ -4,10 +4,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "core/log.h"
 #include "core/metrics.h"
@@ -25,10 +27,10 @@ uv_handle_t* handle(auto* h) {
   return reinterpret_cast<uv_handle_t*>(h);
 }
 
-// SNI is client-controlled: keep log lines parseable whatever it contains.
+// SNI is client-controlled: keep log lines parseable whatever it contains. "" when absent.
 std::string printable_sni(const SSL* ssl) {
   const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (!name || !*name) return "-";
+  if (!name || !*name) return "";
   std::string out;
   for (const char* p = name; *p && out.size() < 253; ++p) {
     const unsigned char c = static_cast<unsigned char>(*p);
@@ -37,6 +39,21 @@ std::string printable_sni(const SSL* ssl) {
     out.push_back(ok ? static_cast<char>(c) : '?');
   }
   return out;
+}
+
+// The client certificate's subject in RFC 2253 form (non-ASCII escaped), "" without one.
+std::string client_cert_subject(const SSL* ssl) {
+  const X509* cert = SSL_get0_peer_certificate(ssl);
+  if (!cert) return "";
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio || X509_NAME_print_ex(bio.get(), X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) < 0) {
+    ERR_clear_error();
+    return "";
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio.get(), &data);
+  // Bounded: the line must stay one short write.
+  return std::string(data, static_cast<size_t>(std::clamp(len, 0L, 1024L)));
 }
 
 double seconds_since(uint64_t start_ns) {
@@ -53,8 +70,7 @@ Connection::Connection(Worker& worker, std::shared_ptr<const Runtime> runtime,
       service_(service),
       id_(id),
       fd_(fd),
-      peer_(peer),
-      peer_len_(peer_len) {}
+      peer_{peer, peer_len} {}
 
 Connection::~Connection() {
   BufferPool& pool = worker_.buffers();
@@ -65,10 +81,7 @@ Connection::~Connection() {
 }
 
 std::string Connection::client_address() const {
-  SocketAddress a;
-  std::memcpy(&a.storage, &peer_, sizeof peer_);
-  a.len = peer_len_;
-  return a.str();
+  return peer_.str();
 }
 
 void Connection::start() {
@@ -88,7 +101,7 @@ void Connection::start() {
   client_poll_.data = this;
   ++open_handles_;
 
-  ssl_.reset(SSL_new(service_.tls.ctx.get()));
+  ssl_.reset(SSL_new(service_.tls->ctx.get()));
   if (!ssl_ || SSL_set_fd(ssl_.get(), fd_) != 1) {
     CLOG_WARN(id_, "cannot create TLS session: %s", drain_openssl_errors().c_str());
     close(EndReason::client_error);
@@ -209,6 +222,7 @@ void Connection::handshake_failed(HandshakeFailure reason, const std::string& de
 }
 
 void Connection::handshake_done() {
+  handshake_ns_ = uv_hrtime() - start_ns_;
   ServiceMetrics& m = *service_.metrics;
   m.handshake_duration->Observe(seconds_since(start_ns_));
   m.handshake_for(ssl_.get()).Increment();
@@ -521,19 +535,37 @@ void Connection::client_io_error(int ssl_error, const char* op) {
 // ---- the end ------------------------------------------------------------------------------
 
 void Connection::log_access() const {
+  if (!log::access_enabled()) return;
   const SSL* ssl = ssl_.get();
   const bool negotiated = ssl && SSL_is_init_finished(ssl);  // version and cipher are known
-  const char* version = negotiated ? SSL_get_version(ssl) : "-";
   const SSL_CIPHER* cipher = negotiated ? SSL_get_current_cipher(ssl) : nullptr;
   const char* cipher_name = cipher ? SSL_CIPHER_standard_name(cipher) : nullptr;
-  CLOG_INFO(id_,
-            "access service=%s client=%s version=%s cipher=%s sni=%s to_backend=%llu "
-            "to_client=%llu duration=%.3fs end=%s",
-            service_.config.name.c_str(), client_address().c_str(), version,
-            cipher_name ? cipher_name : "-", ssl ? printable_sni(ssl).c_str() : "-",
-            static_cast<unsigned long long>(bytes_up_),
-            static_cast<unsigned long long>(bytes_down_), seconds_since(start_ns_),
-            to_string(end_reason_));
+  const unsigned char* alpn = nullptr;
+  unsigned alpn_len = 0;
+  if (negotiated) SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  const std::string client_host = peer_.host();
+  const std::string sni = ssl ? printable_sni(ssl) : "";
+  const std::string subject = negotiated ? client_cert_subject(ssl) : "";
+  const std::string backend = service_.backend.str();
+
+  log::AccessRecord r;
+  r.conn = id_;
+  r.service = service_.config.name;
+  r.client_addr = client_host;
+  r.client_port = peer_.port();
+  r.sni = sni;
+  if (alpn && alpn_len) r.alpn = std::string_view(reinterpret_cast<const char*>(alpn), alpn_len);
+  r.version = negotiated ? SSL_get_version(ssl) : "";
+  r.cipher = cipher_name ? cipher_name : "";
+  r.resumed = negotiated && SSL_session_reused(ssl);
+  r.client_cert = subject;
+  r.backend = backend;
+  r.to_backend = bytes_up_;
+  r.to_client = bytes_down_;
+  r.handshake_s = negotiated ? static_cast<double>(handshake_ns_) / 1e9 : -1;
+  r.duration_s = seconds_since(start_ns_);
+  r.end = to_string(end_reason_);
+  log::access(r);
 }
 
 void Connection::close(EndReason reason) {

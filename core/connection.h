@@ -33,6 +33,7 @@ class Connection {
 
   void start();
   void close(EndReason reason);  // idempotent
+  bool established() const { return state_ == State::connecting || state_ == State::splicing; }
 
   // Intrusive list links, owned by Worker.
   Connection* prev = nullptr;
@@ -82,8 +83,7 @@ class Connection {
   const ServiceRuntime& service_;
   const uint64_t id_;
   int fd_;
-  sockaddr_storage peer_{};
-  socklen_t peer_len_;
+  const SocketAddress peer_;  // the client
   State state_ = State::handshake;
   EndReason end_reason_ = EndReason::done;
   SslPtr ssl_;
@@ -99,6 +99,7 @@ class Connection {
   int poll_events_ = 0;        // events client_poll_ currently waits for
 
   uint64_t start_ns_ = 0;          // uv_hrtime() at accept
+  uint64_t handshake_ns_ = 0;      // accept to finished handshake; 0 until then
   uint64_t last_activity_ms_ = 0;  // loop time of the last byte moved, for the idle timer
 
   // client -> backend

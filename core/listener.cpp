@@ -1,6 +1,7 @@
 #include "core/listener.h"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -117,6 +118,9 @@ void Listener::accept_batch() {
         ::accept4(fd_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
       fd_exhausted_logged_ = false;
+      // TLS records are written whole: Nagle would only hold the last one of a reply back.
+      const int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       worker_.adopt(fd, peer, len, service_index_);
       continue;
     }

@@ -31,7 +31,10 @@ class Listener {
 
   bool start();
   void close();  // stop accepting; the fd is closed once the handles are
-  bool closed() const { return open_handles_ == 0; }
+  bool closed() const { return closing_ && open_handles_ == 0; }
+  int fd() const { return fd_; }
+  size_t service_index() const { return service_index_; }
+  void set_service_index(size_t index) { service_index_ = index; }  // after a reload
 
  private:
   static void on_poll(uv_poll_t* h, int status, int events);

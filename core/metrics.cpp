@@ -96,7 +96,26 @@ Metrics::Metrics()
       build_info_(BuildGauge()
                       .Name("ferry_build_info")
                       .Help("Versions of ferry and the libraries it runs with; always 1.")
-                      .Register(*registry_)) {
+                      .Register(*registry_)),
+      reloads_(BuildCounter()
+                   .Name("ferry_config_reloads_total")
+                   .Help("Configuration reloads (SIGHUP or a changed certificate file), by result.")
+                   .Register(*registry_)),
+      last_reload_successful_(BuildGauge()
+                                  .Name("ferry_config_last_reload_successful")
+                                  .Help("1 if the last configuration reload succeeded, else 0.")
+                                  .Register(*registry_)
+                                  .Add({})),
+      last_reload_success_time_(
+          BuildGauge()
+              .Name("ferry_config_last_reload_success_timestamp_seconds")
+              .Help("Unix time of the last successful configuration load (start or reload).")
+              .Register(*registry_)
+              .Add({})) {
+  reloads_.Add({{"result", "success"}});
+  reloads_.Add({{"result", "failure"}});
+  last_reload_successful_.Set(1);
+  last_reload_success_time_.SetToCurrentTime();
   build_info_
       .Add({{"version", FERRY_VERSION},
             {"openssl", OpenSSL_version(OPENSSL_VERSION_STRING)},
@@ -155,8 +174,19 @@ void Metrics::register_ciphers(ServiceMetrics& service, SSL_CTX* ctx) {
 
 void Metrics::set_certificate_expiry(const std::string& service, const std::string& subject,
                                      std::time_t not_after) {
-  certificate_expiry_.Add({{"service", service}, {"subject", subject}})
-      .Set(static_cast<double>(not_after));
+  auto& gauge = certificate_expiry_.Add({{"service", service}, {"subject", subject}});
+  gauge.Set(static_cast<double>(not_after));
+  auto [it, inserted] = expiry_by_service_.emplace(service, &gauge);
+  if (!inserted && it->second != &gauge) {
+    certificate_expiry_.Remove(it->second);  // the certificate's subject changed on reload
+    it->second = &gauge;
+  }
+}
+
+void Metrics::record_reload(bool success) {
+  reloads_.Add({{"result", success ? "success" : "failure"}}).Increment();
+  last_reload_successful_.Set(success ? 1 : 0);
+  if (success) last_reload_success_time_.SetToCurrentTime();
 }
 
 void Metrics::start_exposer(const HostPort& listen) {

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <ctime>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,6 +69,9 @@ class Metrics {
   void set_certificate_expiry(const std::string& service, const std::string& subject,
                               std::time_t not_after);
 
+  // A configuration reload finished (ferry_config_reloads_total and the last-reload gauges).
+  void record_reload(bool success);
+
   // Starts the HTTP endpoint serving /metrics. Throws std::runtime_error if it cannot listen.
   void start_exposer(const HostPort& listen);
 
@@ -89,6 +93,11 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& connection_duration_;
   prometheus::Family<prometheus::Gauge>& certificate_expiry_;
   prometheus::Family<prometheus::Gauge>& build_info_;
+  prometheus::Family<prometheus::Counter>& reloads_;
+  prometheus::Gauge& last_reload_successful_;
+  prometheus::Gauge& last_reload_success_time_;
+  // service -> its current expiry series, replaced when a reload changes the certificate.
+  std::map<std::string, prometheus::Gauge*> expiry_by_service_;
   std::vector<std::unique_ptr<ServiceMetrics>> services_;
   std::unique_ptr<prometheus::Exposer> exposer_;
 };

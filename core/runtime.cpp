@@ -4,29 +4,47 @@
 #include <netdb.h>
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "core/metrics.h"
 
 namespace ferry {
 
-std::string SocketAddress::str() const {
-  char host[INET6_ADDRSTRLEN] = "?";
-  unsigned port = 0;
+std::string SocketAddress::host() const {
+  char text[INET6_ADDRSTRLEN] = "?";
   if (storage.ss_family == AF_INET) {
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(&storage);
-    inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
-    port = ntohs(sin->sin_port);
-    return std::string(host) + ":" + std::to_string(port);
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, text,
+              sizeof text);
+  } else if (storage.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, text,
+              sizeof text);
+  }
+  return text;
+}
+
+uint16_t SocketAddress::port() const {
+  if (storage.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
   }
   if (storage.ss_family == AF_INET6) {
-    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&storage);
-    inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
-    port = ntohs(sin6->sin6_port);
-    std::string out = "[";
-    out.append(host).append("]:").append(std::to_string(port));
-    return out;
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
   }
-  return "?";
+  return 0;
+}
+
+std::string SocketAddress::str() const {
+  const bool v6 = storage.ss_family == AF_INET6;
+  std::string out;
+  if (v6) out.push_back('[');
+  out.append(host());
+  if (v6) out.push_back(']');
+  out.push_back(':');
+  out.append(std::to_string(port()));
+  return out;
 }
 
 bool resolve(const HostPort& hp, bool passive, SocketAddress& out, std::string& why) {
@@ -47,7 +65,52 @@ bool resolve(const HostPort& hp, bool passive, SocketAddress& out, std::string& 
   return true;
 }
 
-RuntimeResult build_runtime(const Config& config, Metrics* metrics) {
+std::string ServiceRuntime::listen_key() const {
+  return config.accept_systemd.empty() ? accept.str() : "systemd:" + config.accept_systemd;
+}
+
+std::string file_digest(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) != 1) return "";
+  OPENSSL_cleanse(data.data(), data.size());  // may hold a private key
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+namespace {
+
+// Everything a server TLS context is built from. Keys added to the TLS policy later must be
+// added here too, or a reload would keep serving the old policy.
+std::string tls_fingerprint(const ServiceConfig& svc) {
+  std::string f = svc.name;
+  for (const std::string& part :
+       {svc.cert_file, svc.key_file, file_digest(svc.cert_file), file_digest(svc.key_file)}) {
+    f.push_back('\0');
+    f += part;
+  }
+  return f;
+}
+
+const ServiceRuntime* find_service(const Runtime* rt, const std::string& name) {
+  if (!rt) return nullptr;
+  for (const ServiceRuntime& s : rt->services) {
+    if (s.config.name == name) return &s;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+RuntimeResult build_runtime(const Config& config, Metrics* metrics, const Runtime* previous) {
   RuntimeResult result;
   auto runtime = std::make_shared<Runtime>();
   runtime->config = config;
@@ -58,14 +121,19 @@ RuntimeResult build_runtime(const Config& config, Metrics* metrics) {
     rt.config = svc;
     rt.index = i;
     std::string why;
-    if (!resolve(svc.accept, true, rt.accept, why)) {
+    if (svc.accept_systemd.empty() && !resolve(svc.accept, true, rt.accept, why)) {
       result.errors.push_back({svc.accept_pos, key + ".accept", why});
     }
     if (!resolve(svc.connect, false, rt.backend, why)) {
       result.errors.push_back({svc.connect_pos, key + ".connect", why});
     }
-    auto tls = build_server_tls_context(svc, result.errors, result.warnings);
-    if (tls) rt.tls = std::move(*tls);
+    rt.tls_fingerprint = tls_fingerprint(svc);
+    const ServiceRuntime* old = find_service(previous, svc.name);
+    if (old && old->tls && old->tls_fingerprint == rt.tls_fingerprint) {
+      rt.tls = old->tls;
+    } else if (auto tls = build_server_tls_context(svc, result.errors, result.warnings)) {
+      rt.tls = std::make_shared<const ServerTlsContext>(std::move(*tls));
+    }
     runtime->services.push_back(std::move(rt));
   }
   if (!result.errors.empty()) return result;
@@ -73,8 +141,8 @@ RuntimeResult build_runtime(const Config& config, Metrics* metrics) {
   if (metrics) {
     for (ServiceRuntime& rt : runtime->services) {
       rt.metrics = &metrics->service(rt.config.name);
-      metrics->register_ciphers(*rt.metrics, rt.tls.ctx.get());
-      metrics->set_certificate_expiry(rt.config.name, rt.tls.cert.subject, rt.tls.cert.not_after);
+      metrics->register_ciphers(*rt.metrics, rt.tls->ctx.get());
+      metrics->set_certificate_expiry(rt.config.name, rt.tls->cert.subject, rt.tls->cert.not_after);
     }
   }
   result.runtime = std::move(runtime);

@@ -22,16 +22,23 @@ struct SocketAddress {
   socklen_t len = 0;
 
   const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
-  std::string str() const;  // "127.0.0.1:8080", "[::1]:8443"
+  std::string str() const;   // "127.0.0.1:8080", "[::1]:8443"
+  std::string host() const;  // "127.0.0.1", "::1" (no brackets); "?" if not IP
+  uint16_t port() const;
 };
 
 struct ServiceRuntime {
   ServiceConfig config;
   size_t index = 0;
-  SocketAddress accept;
+  SocketAddress accept;  // unset for systemd sockets (config.accept_systemd)
   SocketAddress backend;
-  ServerTlsContext tls;
+  // Shared with the previous Runtime when nothing it was built from changed, so a reload does
+  // not rebuild (and double the memory of) unchanged certificates.
+  std::shared_ptr<const ServerTlsContext> tls;
+  std::string tls_fingerprint;        // name, paths and SHA-256 of the cert and key file contents
   ServiceMetrics* metrics = nullptr;  // null in --check
+
+  std::string listen_key() const;  // identifies the listening socket across reloads
 };
 
 struct Runtime {
@@ -46,8 +53,14 @@ struct RuntimeResult {
 };
 
 // Resolve addresses, load certificates and keys, build TLS contexts. `metrics` may be null
-// (--check). Reports every problem with the position of the key it came from.
-RuntimeResult build_runtime(const Config& config, Metrics* metrics);
+// (--check). Reports every problem with the position of the key it came from. With `previous`
+// (a reload), TLS contexts whose inputs did not change are reused.
+RuntimeResult build_runtime(const Config& config, Metrics* metrics,
+                            const Runtime* previous = nullptr);
+
+// SHA-256 (hex) of a file's contents, "" if unreadable. Used to tell whether a watched file
+// really changed.
+std::string file_digest(const std::string& path);
 
 // Resolve "host:port" to one socket address (numeric hosts never touch DNS). Control plane only.
 bool resolve(const HostPort& hp, bool passive, SocketAddress& out, std::string& why);

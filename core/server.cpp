@@ -1,18 +1,53 @@
 #include "core/server.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <set>
 #include <utility>
 
 #include "core/listener.h"
 #include "core/log.h"
+#include "core/metrics.h"
+#include "core/systemd.h"
 #include "core/worker.h"
 
 namespace ferry {
+namespace {
 
-Server::Server(std::shared_ptr<const Runtime> runtime)
-    : runtime_(std::move(runtime)), workers_count_(runtime_->config.effective_workers()) {
+constexpr uint64_t kStatusIntervalMs = 5000;
+constexpr uint64_t kWatchDebounceMs = 500;  // a half-written file is not loaded
+
+uv_handle_t* handle(auto* h) {
+  return reinterpret_cast<uv_handle_t*>(h);
+}
+
+void close_fds(const std::vector<int>& fds) {
+  for (int fd : fds) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+// Files whose change triggers a reload: every certificate and key the config names.
+std::set<std::string> watched_files(const Runtime& rt) {
+  std::set<std::string> files;
+  for (const ServiceRuntime& s : rt.services) {
+    files.insert(s.config.cert_file);
+    files.insert(s.config.key_file);
+  }
+  return files;
+}
+
+}  // namespace
+
+Server::Server(std::shared_ptr<const Runtime> runtime, Metrics& metrics)
+    : runtime_(std::move(runtime)),
+      metrics_(metrics),
+      workers_count_(runtime_->config.effective_workers()) {
   uv_loop_init(&loop_);
 }
 
@@ -20,58 +55,92 @@ Server::~Server() {
   for (auto& w : workers_) w->join();
   workers_.clear();
   // Sockets bound but never handed to workers (start-up failed after bind()).
-  for (auto& fds : listen_fds_) {
-    for (int fd : fds) {
-      if (fd >= 0) ::close(fd);
-    }
-  }
+  for (auto& [key, fds] : listeners_) close_fds(fds);
   uv_loop_close(&loop_);
 }
 
-bool Server::bind(std::vector<ConfigError>& errors) {
-  bool ok = true;
-  for (const ServiceRuntime& svc : runtime_->services) {
-    std::string why;
-    if (address_in_use(svc.accept, why)) {
-      errors.push_back(
-          {svc.config.accept_pos, "service[" + std::to_string(svc.index) + "].accept", why});
-      ok = false;
-    }
+bool Server::open_listeners(const ServiceRuntime& svc,
+                            const std::map<std::string, ListenerFds>& current,
+                            std::map<std::string, ListenerFds>& out, std::string& why) {
+  const std::string key = svc.listen_key();
+  if (auto it = current.find(key); it != current.end()) {
+    out[key] = it->second;  // unchanged address: keep the bound socket, never rebind
+    return true;
   }
-  if (!ok) return false;
-  listen_fds_.assign(workers_count_, {});
-  for (unsigned w = 0; w < workers_count_; ++w) {
-    for (const ServiceRuntime& svc : runtime_->services) {
-      std::string why;
+  ListenerFds fds;
+  if (!svc.config.accept_systemd.empty()) {
+    // Socket activation: one inherited socket, watched by every worker through its own dup.
+    const auto& inherited = systemd::inherited_sockets();
+    auto it = inherited.find(svc.config.accept_systemd);
+    if (it == inherited.end()) {
+      why = "no socket named \"" + svc.config.accept_systemd +
+            "\" was passed by systemd (FileDescriptorName= in the .socket unit)";
+      return false;
+    }
+    for (unsigned w = 0; w < workers_count_; ++w) {
+      const int fd = ::fcntl(it->second, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) {
+        why = std::string("cannot duplicate the systemd socket: ") + std::strerror(errno);
+        close_fds(fds);
+        return false;
+      }
+      fds.push_back(fd);
+    }
+  } else {
+    if (address_in_use(svc.accept, why)) return false;
+    for (unsigned w = 0; w < workers_count_; ++w) {
       const int fd = open_listen_socket(svc.accept, why);
       if (fd < 0) {
-        // One error per service, not one per worker.
-        if (w == 0) {
-          errors.push_back(
-              {svc.config.accept_pos, "service[" + std::to_string(svc.index) + "].accept", why});
-        }
-        ok = false;
+        close_fds(fds);
+        return false;
       }
-      listen_fds_[w].push_back(fd);
+      fds.push_back(fd);
     }
   }
-  if (!ok) {
-    for (auto& fds : listen_fds_) {
-      for (int fd : fds) {
-        if (fd >= 0) ::close(fd);
-      }
+  out[key] = std::move(fds);
+  return true;
+}
+
+bool Server::bind(std::vector<ConfigError>& errors) {
+  std::map<std::string, ListenerFds> opened;
+  for (const ServiceRuntime& svc : runtime_->services) {
+    std::string why;
+    if (!open_listeners(svc, {}, opened, why)) {
+      errors.push_back(
+          {svc.config.accept_pos, "service[" + std::to_string(svc.index) + "].accept", why});
     }
-    listen_fds_.clear();
   }
-  return ok;
+  if (!errors.empty()) {
+    for (auto& [key, fds] : opened) close_fds(fds);
+    return false;
+  }
+  listeners_ = std::move(opened);
+  for (const auto& [name, fd] : systemd::inherited_sockets()) {
+    if (!listeners_.count("systemd:" + name)) {
+      LOG_WARN(
+          "systemd passed a socket named \"%s\" that no service uses (accept = \"systemd:%s\")",
+          name.c_str(), name.c_str());
+    }
+  }
+  return true;
 }
 
 int Server::run() {
+  uv_async_init(&loop_, &workers_exited_, on_workers_exited);
+  workers_exited_.data = this;
   for (unsigned w = 0; w < workers_count_; ++w) {
-    workers_.push_back(std::make_unique<Worker>(static_cast<int>(w), runtime_, listen_fds_[w]));
+    std::vector<int> fds;
+    for (const ServiceRuntime& svc : runtime_->services)
+      fds.push_back(listeners_[svc.listen_key()][w]);
+    workers_.push_back(std::make_unique<Worker>(static_cast<int>(w), runtime_, std::move(fds)));
   }
-  listen_fds_.clear();  // owned by the workers' listeners now
-  for (auto& w : workers_) w->start();
+  workers_running_ = workers_count_;
+  for (auto& w : workers_) {
+    w->start([this] {
+      workers_running_.fetch_sub(1);
+      uv_async_send(&workers_exited_);
+    });
+  }
 
   const std::pair<uv_signal_t*, int> signals[] = {
       {&sigterm_, SIGTERM}, {&sigint_, SIGINT}, {&sighup_, SIGHUP}};
@@ -80,15 +149,28 @@ int Server::run() {
     sig->data = this;
     uv_signal_start(sig, on_signal, num);
   }
+  for (uv_timer_t* t : {&status_timer_, &watchdog_timer_, &watch_debounce_}) {
+    uv_timer_init(&loop_, t);
+    t->data = this;
+  }
+  uv_timer_start(&status_timer_, on_status_timer, kStatusIntervalMs, kStatusIntervalMs);
+  if (const uint64_t usec = systemd::watchdog_usec()) {
+    const uint64_t ms = std::max<uint64_t>(usec / 2000, 1);
+    uv_timer_start(&watchdog_timer_, on_watchdog_timer, ms, ms);
+  }
+  update_file_watches();
+
   LOG_INFO("ferry %s ready: %u worker%s, %zu service%s", FERRY_VERSION, workers_count_,
            workers_count_ == 1 ? "" : "s", runtime_->services.size(),
            runtime_->services.size() == 1 ? "" : "s");
   for (const ServiceRuntime& svc : runtime_->services) {
-    LOG_INFO("service %s: accept %s, connect %s", svc.config.name.c_str(), svc.accept.str().c_str(),
+    LOG_INFO("service %s: accept %s, connect %s", svc.config.name.c_str(), svc.listen_key().c_str(),
              svc.backend.str().c_str());
   }
+  systemd::notify_ready();
   uv_run(&loop_, UV_RUN_DEFAULT);
   for (auto& w : workers_) w->join();
+  listeners_.clear();  // the workers closed them
   LOG_INFO("stopped");
   return 0;
 }
@@ -96,20 +178,182 @@ int Server::run() {
 void Server::on_signal(uv_signal_t* h, int signum) {
   auto* self = static_cast<Server*>(h->data);
   if (signum == SIGHUP) {
-    LOG_WARN("SIGHUP: configuration reload is not implemented yet; still running the old one");
-    return;
+    self->reload("SIGHUP");
+  } else {
+    self->stop(signum);
   }
-  LOG_INFO("%s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-  self->stop();
 }
 
-void Server::stop() {
-  if (stopping_) return;
-  stopping_ = true;
-  for (auto& w : workers_) w->stop();
-  for (uv_signal_t* s : {&sigterm_, &sigint_, &sighup_}) {
-    uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+void Server::stop(int signum) {
+  const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+  if (stopping_) {
+    LOG_INFO("%s again: closing every connection now", name);
+    for (auto& w : workers_) w->stop();
+    return;
   }
+  stopping_ = true;
+  const auto timeout = runtime_->config.shutdown_timeout;
+  LOG_INFO("%s: stopping; open connections may finish for up to %lldms", name,
+           static_cast<long long>(timeout.count()));
+  systemd::notify_stopping();
+  for (auto& w : workers_) w->drain(timeout);
+  uv_timer_stop(&watch_debounce_);
+  close_watches();
+}
+
+void Server::on_workers_exited(uv_async_t* h) {
+  auto* self = static_cast<Server*>(h->data);
+  if (self->workers_running_.load() == 0) self->close_main_handles();
+}
+
+void Server::close_main_handles() {
+  for (uv_signal_t* s : {&sigterm_, &sigint_, &sighup_}) uv_close(handle(s), nullptr);
+  for (uv_timer_t* t : {&status_timer_, &watchdog_timer_, &watch_debounce_}) {
+    uv_close(handle(t), nullptr);
+  }
+  close_watches();
+  uv_close(handle(&workers_exited_), nullptr);
+}
+
+void Server::close_watches() {
+  for (uv_fs_event_t* h : std::exchange(watches_, {})) {
+    uv_close(handle(h), [](uv_handle_t* c) { delete reinterpret_cast<uv_fs_event_t*>(c); });
+  }
+}
+
+void Server::on_status_timer(uv_timer_t* t) {
+  auto* self = static_cast<Server*>(t->data);
+  size_t active = 0;
+  for (auto& w : self->workers_) active += w->active_connections();
+  systemd::notify_status(std::to_string(active) + " active connection" + (active == 1 ? "" : "s") +
+                         (self->stopping_ ? ", stopping" : ""));
+}
+
+void Server::on_watchdog_timer(uv_timer_t* /*t*/) {
+  systemd::notify_watchdog();
+}
+
+// ---- reload ----------------------------------------------------------------------------------
+
+void Server::reload(const char* cause) {
+  if (stopping_) return;
+  systemd::notify_reloading();
+  LOG_INFO("reloading configuration from %s (%s)", runtime_->config.path.c_str(), cause);
+  std::vector<ConfigError> errors;
+  std::vector<ConfigError> warnings;
+  std::shared_ptr<const Runtime> next;
+  std::map<std::string, ListenerFds> opened;  // the new listener set
+
+  LoadResult loaded = load_config_file(runtime_->config.path);
+  errors = std::move(loaded.errors);
+  warnings = std::move(loaded.warnings);
+  if (errors.empty() && loaded.config) {
+    RuntimeResult built = build_runtime(*loaded.config, &metrics_, runtime_.get());
+    errors = std::move(built.errors);
+    warnings.insert(warnings.end(), built.warnings.begin(), built.warnings.end());
+    next = std::move(built.runtime);
+  }
+  if (next) {
+    const Config& now = runtime_->config;
+    const Config& want = next->config;
+    auto restart_only = [](const char* what) {
+      LOG_WARN("reload: a change of %s needs a restart; keeping the running value", what);
+    };
+    if (want.effective_workers() != now.effective_workers()) restart_only("global.workers");
+    if (want.user != now.user || want.group != now.group) restart_only("global.user/group");
+    if ((want.metrics ? want.metrics->listen.str() : "") !=
+        (now.metrics ? now.metrics->listen.str() : "")) {
+      restart_only("metrics.listen");
+    }
+    for (const ServiceRuntime& svc : next->services) {
+      std::string why;
+      if (!open_listeners(svc, listeners_, opened, why)) {
+        errors.push_back(
+            {svc.config.accept_pos, "service[" + std::to_string(svc.index) + "].accept", why});
+      }
+    }
+  }
+  for (const ConfigError& w : warnings) LOG_WARN("reload: %s", w.str().c_str());
+
+  if (!errors.empty()) {
+    // Keep serving with what runs now; close only what this attempt opened.
+    for (auto& [key, fds] : opened) {
+      if (!listeners_.count(key)) close_fds(fds);
+    }
+    for (const ConfigError& e : errors) LOG_ERROR("reload failed: %s", e.str().c_str());
+    LOG_ERROR("reload failed: still running the previous configuration");
+    metrics_.record_reload(false);
+    systemd::notify_ready();
+    return;
+  }
+
+  for (unsigned w = 0; w < workers_count_; ++w) {
+    std::vector<int> fds;
+    for (const ServiceRuntime& svc : next->services) fds.push_back(opened[svc.listen_key()][w]);
+    workers_[w]->swap_runtime(next, std::move(fds));
+  }
+  // Sockets of removed services are closed by the workers when they drop their listeners.
+  listeners_ = std::move(opened);
+  log::set_level(next->config.log_level);
+  log::set_format(next->config.log_format);
+  log::set_access_log(next->config.access_log);
+  runtime_ = std::move(next);
+  metrics_.record_reload(true);
+  update_file_watches();
+  LOG_INFO("reload done: %zu service%s", runtime_->services.size(),
+           runtime_->services.size() == 1 ? "" : "s");
+  systemd::notify_ready();
+}
+
+// ---- certificate file watching ---------------------------------------------------------------
+
+void Server::update_file_watches() {
+  close_watches();
+  watched_digests_.clear();
+  if (!runtime_->config.watch_files || stopping_) return;
+  std::set<std::string> dirs;
+  for (const std::string& file : watched_files(*runtime_)) {
+    watched_digests_[file] = file_digest(file);
+    std::string dir = std::filesystem::path(file).parent_path().string();
+    dirs.insert(dir.empty() ? "." : dir);
+  }
+  // Watch directories, not files: renames (atomic replacement, Kubernetes' ..data symlink swap)
+  // replace the inode a file watch would be attached to.
+  for (const std::string& dir : dirs) {
+    auto* h = new uv_fs_event_t{};
+    uv_fs_event_init(&loop_, h);
+    h->data = this;
+    const int rc = uv_fs_event_start(h, on_file_event, dir.c_str(), 0);
+    if (rc != 0) {
+      LOG_WARN("cannot watch %s for certificate changes: %s", dir.c_str(), uv_strerror(rc));
+      uv_close(handle(h), [](uv_handle_t* c) { delete reinterpret_cast<uv_fs_event_t*>(c); });
+      continue;
+    }
+    watches_.push_back(h);
+  }
+}
+
+void Server::on_file_event(uv_fs_event_t* h, const char* /*filename*/, int /*events*/, int status) {
+  auto* self = static_cast<Server*>(h->data);
+  if (status < 0 || self->stopping_) return;
+  // Any change in a watched directory restarts the debounce; the digests decide afterwards.
+  uv_timer_start(&self->watch_debounce_, on_watch_debounce, kWatchDebounceMs, 0);
+}
+
+bool Server::watched_files_changed() const {
+  for (const auto& [file, digest] : watched_digests_) {
+    if (file_digest(file) != digest) return true;
+  }
+  return false;
+}
+
+void Server::on_watch_debounce(uv_timer_t* t) {
+  auto* self = static_cast<Server*>(t->data);
+  if (!self->watched_files_changed()) return;
+  self->reload("certificate file changed");
+  // A failed reload keeps the old digests' files in place: remember what was seen so the same
+  // broken file is not retried on every unrelated event in the directory.
+  for (auto& [file, digest] : self->watched_digests_) digest = file_digest(file);
 }
 
 }  // namespace ferry

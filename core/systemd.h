@@ -6,12 +6,14 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ferry::systemd {
 
-void notify_ready();                         // READY=1 (+ STATUS=)
-void notify_reloading();                     // RELOADING=1 + MONOTONIC_USEC=<now>
-void notify_stopping();                      // STOPPING=1
+void notify_ready();                          // READY=1 (+ STATUS=)
+void notify_reloading();                      // RELOADING=1 + MONOTONIC_USEC=<now>
+void notify_stopping();                       // STOPPING=1
 void notify_status(const std::string& text);  // STATUS=<text>
 
 // WATCHDOG_USEC for this process, or 0 when the watchdog is off.
@@ -22,5 +24,9 @@ void notify_watchdog();  // WATCHDOG=1
 // Taken once at start-up; the environment variables are unset afterwards. The fds are
 // non-blocking and close-on-exec.
 const std::map<std::string, int>& inherited_sockets();
+
+// Every usable inherited socket as (name, fd), in fd order, duplicates of a name included
+// (inherited_sockets() keeps the first fd of each name and logs a warning for the others).
+const std::vector<std::pair<std::string, int>>& inherited_socket_list();
 
 }  // namespace ferry::systemd

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -213,6 +214,9 @@ class Reporter {
   void cert_warning(std::string message) {
     add(warnings_, service_.cert_pos, "cert", std::move(message));
   }
+  void key_warning(std::string message) {
+    add(warnings_, service_.key_pos, "key", std::move(message));
+  }
   void service_error(std::string message) {
     errors_.push_back({service_.pos, key_prefix(), std::move(message)});
   }
@@ -233,6 +237,19 @@ class Reporter {
 
 std::string quoted(const std::string& path) {
   return "\"" + path + "\"";
+}
+
+// A private key other users can read is refused; one its group can read is only a warning
+// (e.g. root:ferry 0640, read by the service's group).
+void check_key_permissions(const std::string& path, Reporter& report) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return;  // it was just read: a race, nothing to add
+  if ((st.st_mode & S_IROTH) != 0) {
+    report.key_error("private key " + quoted(path) +
+                     " is readable by other users (chmod 600 or 640)");
+  } else if ((st.st_mode & S_IRGRP) != 0) {
+    report.key_warning("private key " + quoted(path) + " is readable by its group");
+  }
 }
 
 // Leaf certificate plus the rest of the chain, as in SSL_CTX_use_certificate_chain_file().
@@ -396,6 +413,7 @@ std::optional<ServerTlsContext> build_server_tls_context(const ServiceConfig& se
       key = parse_private_key(key_pem, key_path, report);
     }
   }
+  if (key) check_key_permissions(key_path, report);
   if (!cert_ok || !key) return std::nullopt;
 
   ERR_clear_error();

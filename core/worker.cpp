@@ -14,6 +14,8 @@ Worker::Worker(int id, std::shared_ptr<const Runtime> runtime, std::vector<int> 
   uv_loop_init(&loop_);
   uv_async_init(&loop_, &async_, on_async);
   async_.data = this;
+  uv_timer_init(&loop_, &drain_timer_);
+  drain_timer_.data = this;
 }
 
 Worker::~Worker() {
@@ -21,7 +23,8 @@ Worker::~Worker() {
   listeners_.clear();
 }
 
-void Worker::start() {
+void Worker::start(std::function<void()> on_exit) {
+  on_exit_ = std::move(on_exit);
   // Workers block every signal: signals are handled on the main thread only.
   sigset_t all, old;
   sigfillset(&all);
@@ -31,15 +34,93 @@ void Worker::start() {
 }
 
 void Worker::post(Command cmd) {
-  {
-    std::lock_guard lock(commands_mutex_);
-    commands_.push_back(std::move(cmd));
-  }
+  std::lock_guard lock(commands_mutex_);
+  // Once the loop is ending its async handle is closed: a late command (a second SIGTERM
+  // after this worker already drained) has nothing left to act on.
+  if (loop_ending_) return;
+  commands_.push_back(std::move(cmd));
   uv_async_send(&async_);
 }
 
 void Worker::stop() {
   post([](Worker& w) { w.shutdown_now(); });
+}
+
+void Worker::drain(std::chrono::milliseconds timeout) {
+  post([timeout](Worker& w) { w.begin_drain(timeout); });
+}
+
+void Worker::swap_runtime(std::shared_ptr<const Runtime> runtime, std::vector<int> listen_fds) {
+  post([runtime = std::move(runtime), fds = std::move(listen_fds)](Worker& w) {
+    w.apply_runtime(runtime, fds);
+  });
+}
+
+void Worker::apply_runtime(std::shared_ptr<const Runtime> runtime,
+                           const std::vector<int>& listen_fds) {
+  if (stopping_) {
+    // Draining: the new sockets will never be watched, but they are ours to close.
+    for (int fd : listen_fds) {
+      bool kept = false;
+      for (auto& l : listeners_) kept = kept || l->fd() == fd;
+      if (!kept) ::close(fd);
+    }
+    return;
+  }
+  runtime_ = std::move(runtime);  // established connections keep the Runtime they started with
+  std::erase_if(listeners_, [](const std::unique_ptr<Listener>& l) { return l->closed(); });
+  std::vector<bool> taken(listen_fds.size(), false);
+  for (auto& l : listeners_) {
+    bool kept = false;
+    for (size_t i = 0; i < listen_fds.size() && !kept; ++i) {
+      if (listen_fds[i] == l->fd()) {
+        l->set_service_index(i);  // same socket, maybe another position in the new config
+        taken[i] = kept = true;
+      }
+    }
+    if (!kept) l->close();  // removed from the config: the socket is closed
+  }
+  for (size_t i = 0; i < listen_fds.size(); ++i) {
+    if (taken[i]) continue;
+    auto l = std::make_unique<Listener>(*this, i, listen_fds[i]);
+    if (!l->start()) LOG_ERROR("cannot watch the new listener of service %zu", i);
+    listeners_.push_back(std::move(l));
+  }
+}
+
+void Worker::begin_drain(std::chrono::milliseconds timeout) {
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& l : listeners_) l->close();
+  // Connections still in their handshake are not established yet: nothing to finish.
+  for (Connection* c = connections_; c; c = c->next) {
+    if (!c->established()) c->close(EndReason::shutdown);
+  }
+  if (connections_) {
+    LOG_INFO("draining %zu connection%s for up to %lldms", active_connections(),
+             active_connections() == 1 ? "" : "s", static_cast<long long>(timeout.count()));
+    uv_timer_start(&drain_timer_, on_drain_timeout, static_cast<uint64_t>(timeout.count()), 0);
+  }
+  maybe_end_loop();
+}
+
+void Worker::on_drain_timeout(uv_timer_t* t) {
+  auto* self = static_cast<Worker*>(t->data);
+  LOG_INFO("shutdown_timeout reached: closing %zu connection%s", self->active_connections(),
+           self->active_connections() == 1 ? "" : "s");
+  self->shutdown_now();
+}
+
+void Worker::maybe_end_loop() {
+  // The loop runs while a handle is open: once draining and the last connection is gone, close
+  // ours so uv_run returns.
+  if (!stopping_ || connections_ || loop_ending_) return;
+  {
+    std::lock_guard lock(commands_mutex_);
+    loop_ending_ = true;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
 }
 
 void Worker::join() {
@@ -73,15 +154,15 @@ void Worker::run() {
   loop_closed_cleanly_ = rc == 0;
   if (rc != 0) LOG_ERROR("worker loop closed with live handles: %s", uv_strerror(rc));
   LOG_DEBUG("worker stopped");
+  if (on_exit_) on_exit_();
 }
 
 void Worker::shutdown_now() {
-  if (stopping_) return;
   stopping_ = true;
   for (auto& l : listeners_) l->close();
   // close() only starts closing; connections unlink themselves from their last close callback.
   for (Connection* c = connections_; c; c = c->next) c->close(EndReason::shutdown);
-  uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  maybe_end_loop();
 }
 
 void Worker::adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index) {
@@ -104,6 +185,7 @@ void Worker::connection_finished(Connection* c) {
   if (connections_ == c) connections_ = c->next;
   delete c;
   active_.fetch_sub(1, std::memory_order_relaxed);
+  maybe_end_loop();
 }
 
 }  // namespace ferry

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -28,9 +29,15 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
   ~Worker();
 
-  // Main thread.
-  void start();
-  void stop();  // stop accepting, close every connection, end the loop; then join()
+  // Main thread. Each posts a command; the worker carries it out on its own thread.
+  void start(std::function<void()> on_exit = {});  // on_exit runs on the worker thread at its end
+  // New connections use `runtime` from now on; `listen_fds[i]` is the socket for its service i
+  // (sockets kept across the reload keep their listener, the others are closed or added).
+  void swap_runtime(std::shared_ptr<const Runtime> runtime, std::vector<int> listen_fds);
+  // Stop accepting; let connections finish for up to `timeout`, then close the rest. The loop
+  // ends when the last connection is gone.
+  void drain(std::chrono::milliseconds timeout);
+  void stop();  // stop accepting and close every connection now
   void join();
   size_t active_connections() const { return active_.load(std::memory_order_relaxed); }
   // After join(): whether the loop closed with no handle left (uv_loop_close() == 0).
@@ -48,12 +55,18 @@ class Worker {
   void post(Command cmd);
   void run();
   void drain_commands();
+  void apply_runtime(std::shared_ptr<const Runtime> runtime, const std::vector<int>& listen_fds);
+  void begin_drain(std::chrono::milliseconds timeout);
   void shutdown_now();
+  void maybe_end_loop();
   static void on_async(uv_async_t* h);
+  static void on_drain_timeout(uv_timer_t* t);
 
   const int id_;
   uv_loop_t loop_{};
   uv_async_t async_{};
+  uv_timer_t drain_timer_{};  // shutdown_timeout while draining
+  std::function<void()> on_exit_;
   std::thread thread_;
   std::shared_ptr<const Runtime> runtime_;  // for new connections
   std::vector<int> listen_fds_;
@@ -61,7 +74,8 @@ class Worker {
   BufferPool buffers_;
   Connection* connections_ = nullptr;  // intrusive list of live connections
   uint64_t next_connection_id_ = 1;
-  bool stopping_ = false;
+  bool stopping_ = false;  // no longer accepting: draining or shutting down
+  bool loop_ending_ = false;  // async_ is closing: post() drops commands (commands_mutex_)
   bool loop_closed_cleanly_ = false;
   std::atomic<size_t> active_{0};
 

@@ -25,9 +25,11 @@ void print_summary(const Runtime& runtime, std::FILE* out) {
   if (c.metrics) std::fprintf(out, "metrics: http://%s/metrics\n", c.metrics->listen.str().c_str());
   const std::time_t now = std::time(nullptr);
   for (const ServiceRuntime& s : runtime.services) {
-    const CertificateInfo& cert = s.tls.cert;
+    const CertificateInfo& cert = s.tls->cert;
+    const std::string accept =
+        s.config.accept_systemd.empty() ? s.config.accept.str() : "systemd:" + s.config.accept_systemd;
     std::fprintf(out, "service %s: server, accept %s, connect %s\n", s.config.name.c_str(),
-                 s.config.accept.str().c_str(), s.config.connect.str().c_str());
+                 accept.c_str(), s.config.connect.str().c_str());
     std::fprintf(out, "  certificate: subject %s\n", cert.subject.c_str());
     std::string sans;
     for (const std::string& san : cert.sans) sans += (sans.empty() ? "" : ", ") + san;

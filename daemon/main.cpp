@@ -14,6 +14,7 @@
 #include "core/server.h"
 #include "daemon/check.h"
 #include "daemon/cli.h"
+#include "daemon/privileges.h"
 
 namespace {
 
@@ -50,10 +51,16 @@ int run(const ferry::CliOptions& opts) {
   }
   const ferry::Config& config = *loaded.config;
   ferry::log::set_level(config.log_level);
+  ferry::log::set_format(config.log_format);
+  ferry::log::set_access_log(config.access_log);
 
   std::unique_ptr<ferry::Metrics> metrics;
   if (!check) metrics = std::make_unique<ferry::Metrics>();
   ferry::RuntimeResult built = ferry::build_runtime(config, metrics.get());
+  // An unknown user or group is reported by --check too, and before anything is bound.
+  if (!ferry::check_user_exists(config, built.errors)) {
+    std::stable_sort(built.errors.begin(), built.errors.end(), by_position);
+  }
   print_errors(built.warnings, "warning: ");
   if (!built.errors.empty()) {
     print_errors(built.errors, "");
@@ -64,7 +71,7 @@ int run(const ferry::CliOptions& opts) {
     return ferry::kExitOk;
   }
 
-  ferry::Server server(built.runtime);
+  ferry::Server server(built.runtime, *metrics);
   std::vector<ferry::ConfigError> errors;
   if (!server.bind(errors)) {
     print_errors(errors, "");
@@ -79,6 +86,11 @@ int run(const ferry::CliOptions& opts) {
                    "");
       return kExitConfig;
     }
+  }
+  // Every listener is bound and every key read: now give up root (and become non-dumpable).
+  if (!ferry::drop_privileges(config, errors)) {
+    print_errors(errors, "");
+    return kExitConfig;
   }
   return server.run();
 }

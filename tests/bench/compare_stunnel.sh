@@ -90,6 +90,7 @@ fi
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 -days 30 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+chmod 600 "$work/key.pem" # openssl writes new keys 0600 already; ferry refuses world-readable keys
 truncate -s "$size" "$work/payload" # sparse: reads as zeros without touching the disk
 
 read -r backend_port ferry_port stunnel_port <<<"$(python3 "$util" free-ports 3)"

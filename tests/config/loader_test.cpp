@@ -114,6 +114,18 @@ metrics = "127.0.0.1:9100"
       {R"(service = ["web", 1])",
        "t.toml:1:12: service[0]: expected a table, got string\n"
        "t.toml:1:19: service[1]: expected a table, got integer\n"},
+      {with_web(R"([global]
+access_log = "yes"
+watch_files = 1
+user = 0
+group = false
+log_format = 1
+)"),
+       "t.toml:2:14: global.access_log: expected a boolean, got string\n"
+       "t.toml:3:15: global.watch_files: expected a boolean, got integer\n"
+       "t.toml:4:8: global.user: expected a string, got integer\n"
+       "t.toml:5:9: global.group: expected a string, got boolean\n"
+       "t.toml:6:14: global.log_format: expected a string, got integer\n"},
   });
 }
 
@@ -140,6 +152,16 @@ idle_timeout = "-1s"
       {web_with(R"(idle_timeout = "25h"
 )"),
        "t.toml:6:16: service[0].idle_timeout: bad duration \"25h\": must be at most 24h\n"},
+      {with_web(R"([global]
+shutdown_timeout = "30"
+)"),
+       "t.toml:2:20: global.shutdown_timeout: bad duration \"30\": missing unit after \"30\" "
+       "(use ms, s, m, h)\n"},
+      {with_web(R"([global]
+shutdown_timeout = 30
+)"),
+       "t.toml:2:20: global.shutdown_timeout: expected a duration string such as \"10s\", got "
+       "integer\n"},
   });
 }
 
@@ -234,6 +256,13 @@ cert = "web.crt"
        "t.toml:2:11: service[0].name: must match [a-z0-9_-]+\n"
        "t.toml:3:27: service[1].accept: duplicate accept address [::1]:443 (also used by "
        "service[0])\n"},
+      // Socket activation: names are compared as written.
+      {R"(service = [
+  {name = "web", accept = "systemd:web", connect = "127.0.0.1:8080", cert = "c.pem"},
+  {name = "api", accept = "systemd:api", connect = "127.0.0.1:8081", cert = "c.pem"},
+  {name = "web2", accept = "systemd:web", connect = "127.0.0.1:8082", cert = "c.pem"},
+])",
+       "t.toml:4:28: service[2].accept: duplicate accept address systemd:web\n"},
   });
 }
 TEST_CASE("loader: required keys are reported at the [[service]] header") {
@@ -441,6 +470,12 @@ TEST_CASE("loader: defaults apply to a minimal config") {
   CHECK(config.workers == 0);
   CHECK(config.effective_workers() >= 1);
   CHECK(config.log_level == ferry::LogLevel::info);
+  CHECK(config.log_format == ferry::LogFormat::text);
+  CHECK(config.access_log);
+  CHECK(config.shutdown_timeout == 30s);
+  CHECK(config.watch_files);
+  CHECK(config.user.empty());
+  CHECK(config.group.empty());
   CHECK_FALSE(config.metrics);
   REQUIRE(config.services.size() == 1);
   const ferry::ServiceConfig& web = config.services[0];
@@ -564,4 +599,101 @@ TEST_CASE("log levels round-trip through their names") {
   CHECK(std::string(ferry::to_string(ferry::LogLevel::warn)) == "warn");
   CHECK_FALSE(ferry::parse_log_level("warning"));
   CHECK_FALSE(ferry::parse_log_level(""));
+}
+
+TEST_CASE("loader: log_format must be text or json") {
+  check_table({
+      {with_web(R"([global]
+log_format = "text"
+)"),
+       ""},
+      {with_web(R"([global]
+log_format = "json"
+)"),
+       ""},
+      {with_web(R"([global]
+log_format = "JSON"
+)"),
+       "t.toml:2:14: global.log_format: bad log format \"JSON\" (use text or json)\n"},
+      {with_web(R"([global]
+log_format = "logfmt"
+)"),
+       "t.toml:2:14: global.log_format: bad log format \"logfmt\" (use text or json)\n"},
+  });
+}
+
+TEST_CASE("loader: user and group must not be empty") {
+  check_table({
+      {with_web(R"([global]
+user = ""
+group = ""
+)"),
+       "t.toml:2:8: global.user: must not be empty\n"
+       "t.toml:3:9: global.group: must not be empty\n"},
+      {with_web(R"([global]
+user = "ferry"
+group = "ferry"
+)"),
+       ""},
+  });
+}
+
+TEST_CASE("loader: accept = \"systemd:NAME\" names an inherited socket") {
+  check_table({
+      {R"([[service]]
+name = "web"
+accept = "systemd:web"
+connect = "127.0.0.1:8080"
+cert = "web.crt"
+)",
+       ""},
+      {R"([[service]]
+name = "web"
+accept = "systemd:"
+connect = "127.0.0.1:8080"
+cert = "web.crt"
+)",
+       "t.toml:3:10: service[0].accept: bad socket name \"systemd:\" (use systemd:NAME with the "
+       "unit's FileDescriptorName=)\n"},
+      {R"([[service]]
+name = "web"
+accept = "systemd:a:b"
+connect = "127.0.0.1:8080"
+cert = "web.crt"
+)",
+       "t.toml:3:10: service[0].accept: bad socket name \"systemd:a:b\" (use systemd:NAME with "
+       "the unit's FileDescriptorName=)\n"},
+  });
+  const auto result = load_config_string(R"([[service]]
+name = "web"
+accept = "systemd:web"
+connect = "127.0.0.1:8080"
+cert = "web.crt"
+)",
+                                         "t.toml");
+  REQUIRE(result.config);
+  CHECK(result.config->services.at(0).accept_systemd == "web");
+  CHECK(result.config->services.at(0).accept_pos.line == 3);
+}
+
+TEST_CASE("loader: the service keys of [global] parse into the config") {
+  const auto result = load_config_string(with_web(R"([global]
+log_format = "json"
+access_log = false
+shutdown_timeout = "1m30s"
+watch_files = false
+user = "ferry"
+group = "nogroup"
+)"),
+                                         "t.toml");
+  REQUIRE(result.config);
+  const ferry::Config& config = *result.config;
+  CHECK(config.log_format == ferry::LogFormat::json);
+  CHECK_FALSE(config.access_log);
+  CHECK(config.shutdown_timeout == 90s);
+  CHECK_FALSE(config.watch_files);
+  CHECK(config.user == "ferry");
+  CHECK(config.group == "nogroup");
+  CHECK(config.user_pos.line == 6);
+  CHECK(config.group_pos.line == 7);
 }

@@ -149,13 +149,20 @@ class TempDir {
   const std::filesystem::path& path() const { return path_; }
   std::string file(const std::string& name) const { return (path_ / name).string(); }
 
-  // Writes `content` to `name` inside the directory and returns the full path.
+  // Writes `content` to `name` inside the directory and returns the full path. The file gets
+  // mode 0600, as ferry requires for private keys (ofstream would leave 0644 under umask 022).
   std::string write(const std::string& name, const std::string& content) const {
     std::string full = file(name);
     std::ofstream out(full, std::ios::binary | std::ios::trunc);
     out << content;
+    out.close();
     if (!out) throw std::runtime_error("cannot write " + full);
+    chmod(full, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
     return full;
+  }
+
+  static void chmod(const std::string& path, std::filesystem::perms mode) {
+    std::filesystem::permissions(path, mode, std::filesystem::perm_options::replace);
   }
 
  private:

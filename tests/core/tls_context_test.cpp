@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <random>
 #include <set>
 #include <string>
@@ -363,6 +364,61 @@ TEST_CASE("a key that does not match the certificate is an error at the key") {
   Built t = build(make_service(dir.file("a.crt"), dir.write("rsa.key", test::to_pem(rsa.get()))));
   REQUIRE(t.errors.size() == 1);
   CHECK(t.errors[0].message == "private key does not match the certificate");
+}
+
+TEST_CASE("a private key readable by other users is an error at the key") {
+  using std::filesystem::perms;
+  TempDir dir;
+  ServiceConfig s = write_pair(dir, KeyKind::ec_p256);
+  TempDir::chmod(s.key_file,
+                 perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
+  Built b = build(s);
+  CHECK_FALSE(b.tls);
+  CHECK(b.warnings.empty());
+  REQUIRE(b.errors.size() == 1);
+  CHECK(b.errors[0].key == "service[0].key");
+  CHECK(b.errors[0].pos.line == 10);
+  CHECK(b.errors[0].pos.column == 7);
+  CHECK(b.errors[0].message ==
+        "private key \"" + s.key_file + "\" is readable by other users (chmod 600 or 640)");
+}
+
+TEST_CASE("a group-readable private key is a warning at the key") {
+  using std::filesystem::perms;
+  TempDir dir;
+  ServiceConfig s = write_pair(dir, KeyKind::ec_p256);
+  TempDir::chmod(s.key_file, perms::owner_read | perms::group_read);
+  Built b = build(s);
+  CHECK(b.tls);
+  CHECK(b.errors.empty());
+  REQUIRE(b.warnings.size() == 1);
+  CHECK(b.warnings[0].key == "service[0].key");
+  CHECK(b.warnings[0].pos.line == 10);
+  CHECK(b.warnings[0].message == "private key \"" + s.key_file + "\" is readable by its group");
+}
+
+TEST_CASE("a world-readable certificate is fine, unless it holds the key") {
+  using std::filesystem::perms;
+  const perms world_readable =
+      perms::owner_read | perms::owner_write | perms::group_read | perms::others_read;
+  TempDir dir;
+  ServiceConfig s = write_pair(dir, KeyKind::ec_p256);
+  TempDir::chmod(s.cert_file, world_readable);
+  Built b = build(s);
+  CHECK(b.tls);
+  CHECK(b.errors.empty());
+  CHECK(b.warnings.empty());
+
+  auto key = test::make_key(KeyKind::ec_p256);
+  auto cert = test::make_cert({}, key.get());
+  std::string both = dir.write("both.pem", test::to_pem(cert.get()) + test::to_pem(key.get()));
+  TempDir::chmod(both, world_readable);
+  Built shared = build(make_service(both, ""));
+  CHECK_FALSE(shared.tls);
+  REQUIRE(shared.errors.size() == 1);
+  CHECK(shared.errors[0].key == "service[0].key");
+  CHECK(shared.errors[0].message ==
+        "private key \"" + both + "\" is readable by other users (chmod 600 or 640)");
 }
 
 TEST_CASE("an expired certificate is a warning and is flagged") {

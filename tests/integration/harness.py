@@ -33,6 +33,10 @@ FERRY_BIN = os.environ.get("FERRY_BIN") or os.path.join(REPO, "build", "ferry")
 STANDIN = os.environ.get("FERRY_STANDIN", "")
 SLOWDOWN = float(os.environ.get("FERRY_SLOWDOWN", "1") or 1)
 
+# Every file the tests write (keys included, e.g. a cert+key PEM assembled with open()) is
+# private: ferry refuses a private key that other users can read.
+os.umask(0o077)
+
 _live_procs = []  # subprocess.Popen objects we started and have not reaped yet
 _ferries = []  # every Ferry started, for printing its stderr when a test fails
 _temp_dirs = []
@@ -526,6 +530,12 @@ def toml_str(s):
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v) if isinstance(v, int) else toml_str(v)
+
+
 def service(name, accept_port, connect_port, cert, key=None, **extra):
     """A [[service]] table as a dict, in the order it is written."""
     d = {"name": name, "accept": f"127.0.0.1:{accept_port}",
@@ -536,14 +546,18 @@ def service(name, accept_port, connect_port, cert, key=None, **extra):
     return d
 
 
-def config_text(services, metrics_port=None, workers=1, log_level="info"):
-    lines = ["[global]", f"workers = {workers}", f"log_level = {toml_str(log_level)}", ""]
+def config_text(services, metrics_port=None, workers=1, log_level="info", global_extra=None):
+    """global_extra: more [global] keys, e.g. {"user": "nobody"} (strings, ints or bools)."""
+    lines = ["[global]", f"workers = {workers}", f"log_level = {toml_str(log_level)}"]
+    for k, v in (global_extra or {}).items():
+        lines.append(f"{k} = {toml_value(v)}")
+    lines.append("")
     if metrics_port is not None:
         lines += ["[metrics]", f"listen = {toml_str(f'127.0.0.1:{metrics_port}')}", ""]
     for s in services:
         lines.append("[[service]]")
         for k, v in s.items():
-            lines.append(f"{k} = {v if isinstance(v, int) else toml_str(v)}")
+            lines.append(f"{k} = {toml_value(v)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -554,7 +568,8 @@ class Ferry:
     f = Ferry(dir, services=[...]); f.start(); ...; f.stop()   # stop() asserts exit code 0
     """
 
-    def __init__(self, dir, services, workers=1, metrics=True, log_level="info", name="ferry"):
+    def __init__(self, dir, services, workers=1, metrics=True, log_level="info", name="ferry",
+                 global_extra=None):
         self.dir = dir
         self.services = services
         self.metrics_port = free_port() if metrics and not STANDIN else None
@@ -564,8 +579,9 @@ class Ferry:
         self.proc = None
         self.started_at = None
         self.log_level = log_level
+        self.spawn_kw = {}  # more Popen arguments, e.g. user=/group= to start it unprivileged
         with open(self.config_path, "w") as f:
-            f.write(config_text(services, self.metrics_port, workers, log_level))
+            f.write(config_text(services, self.metrics_port, workers, log_level, global_extra))
 
     @property
     def has_metrics(self):
@@ -601,7 +617,8 @@ class Ferry:
         _ferries.append(self)
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
             self.started_at = time.time()
-            self.proc = spawn(self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            self.proc = spawn(self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                              **self.spawn_kw)
         deadline = time.monotonic() + bound(ready_timeout)
         if STANDIN or self.log_level not in ("info", "debug"):
             # No "ready" line to wait for: probe the ports (ferry counts these connections).

@@ -289,8 +289,9 @@ def access_log_line():
         return
     m = ferry.wait_log(
         r"^\S+Z info \[w\d+ c\d+\] access service=web client=127\.0\.0\.1:%d "
-        r"version=TLSv1\.3 cipher=%s sni=localhost to_backend=(\d+) to_client=(\d+) "
-        r"duration=\d+\.\d+s end=done$" % (port, cipher))
+        r"version=TLSv1\.3 cipher=%s sni=localhost alpn=- resumed=no client_cert=- "
+        r"backend=127\.0\.0\.1:%d to_backend=(\d+) to_client=(\d+) handshake=\d+\.\d+s "
+        r"duration=\d+\.\d+s end=done$" % (port, cipher, backend.port))
     ferry.check(int(m.group(1)) == 10 and int(m.group(2)) == 65,
                 f"access line byte counts: {m.group(0)}")
 

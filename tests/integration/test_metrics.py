@@ -21,6 +21,8 @@ SERVICE_METRICS = (
     "ferry_bytes_total", "ferry_backend_connect_failures_total",
     "ferry_certificate_expiry_timestamp_seconds",
 )
+RELOAD_METRICS = ("ferry_config_reloads_total", "ferry_config_last_reload_successful",
+                  "ferry_config_last_reload_success_timestamp_seconds")
 HISTOGRAMS = ("ferry_handshake_duration_seconds", "ferry_connection_duration_seconds")
 PROCESS = ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
            "process_start_time_seconds")
@@ -244,7 +246,7 @@ def labels_are_bounded():
     for p in client_ports:
         ferry.check(f":{p}" not in text, f"client port {p} appears in the metrics")
     allowed = {"service", "reason", "version", "cipher", "direction", "subject", "openssl",
-               "libuv", "le", "quantile"}
+               "libuv", "le", "quantile", "result"}
     for (name, labels) in H.parse_metrics(text):
         extra = {k for k, _ in labels} - allowed
         ferry.check(not extra, f"{name} has unexpected labels {extra}")
@@ -254,7 +256,7 @@ def labels_are_bounded():
 def every_contract_name_present():
     m = ferry.scrape()
     names = {n for n, _ in m}
-    want = set(SERVICE_METRICS) | set(PROCESS) | {"ferry_build_info"}
+    want = set(SERVICE_METRICS) | set(PROCESS) | set(RELOAD_METRICS) | {"ferry_build_info"}
     for h in HISTOGRAMS:
         want |= {h + "_bucket", h + "_sum", h + "_count"}
     ferry.check(not (want - names), f"missing metrics: {sorted(want - names)}")

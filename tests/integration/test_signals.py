@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""SIGTERM / SIGINT: stop accepting, close connections, exit 0 — idle or with a connection open."""
+"""SIGTERM / SIGINT: stop accepting, drain open connections for up to shutdown_timeout, exit 0.
+
+(The drain of a busy transfer and a second SIGTERM are covered by test_reload.py.)"""
 
 import os
 import signal
@@ -19,7 +21,8 @@ CTX = H.client_context(certs.ec_crt)
 
 def new_ferry(name, workers=2):
     return H.Ferry(tmp, [H.service("web", H.free_port(), backend.port, certs.ec_crt,
-                                   certs.ec_key)], workers=workers, name=name)
+                                   certs.ec_key)], workers=workers, name=name,
+                   global_extra={"shutdown_timeout": "1s"})
 
 
 def stops_listening(f):
@@ -52,7 +55,10 @@ def with_connection(sig):
             s.sendall(b"ECHO\nopen")
             f.check(H.recv_exact(s, 4) == b"open", "echo before the signal failed")
             took = f.stop(sig, timeout=10)
-            f.check(took < H.bound(10), f"{sig.name} with a connection: took {took:.1f}s")
+            # An idle established connection is given shutdown_timeout (1s) to finish, then
+            # closed; the metrics endpoint needs up to ~2s more to stop.
+            f.check(took >= 0.9, f"{sig.name} did not wait for the open connection ({took:.2f}s)")
+            f.check(took < H.bound(6), f"{sig.name} with a connection: took {took:.1f}s")
             f.check(H.wait_eof(s, H.bound(5)) is not None,
                     "the client's connection stayed open after ferry exited")
         if not H.STANDIN:
@@ -85,13 +91,14 @@ def sigint_with_open_connection():
 
 @S.test
 def sigterm_mid_handshake():
-    """A client that connected but has not finished its handshake does not hold ferry up."""
+    """A client that connected but has not finished its handshake does not hold ferry up: it is
+    not established, so the drain closes it at once."""
     f = new_ferry("handshake")
     try:
         f.start()
         with socket.create_connection(("127.0.0.1", f.port()), timeout=H.bound(10)):
             took = f.stop(signal.SIGTERM, timeout=10)
-            f.check(took < H.bound(10), f"SIGTERM mid-handshake took {took:.1f}s")
+            f.check(took < H.bound(3), f"SIGTERM mid-handshake took {took:.1f}s")
     finally:
         f.kill()
 

@@ -596,7 +596,7 @@ class Ferry:
     def argv(self):
         if STANDIN == "stunnel":
             return self._stunnel_argv()
-        return [FERRY_BIN, "--config", self.config_path]
+        return [getattr(self, "binary", FERRY_BIN), "--config", self.config_path]
 
     def _stunnel_argv(self):
         conf = os.path.join(self.dir, "stunnel.conf")

@@ -21,6 +21,20 @@ backend = Backend().start()
 CTX = H.client_context(certs.ec_crt)
 
 NOBODY = pwd.getpwnam("nobody")
+
+
+def binary_for_nobody():
+    """FERRY_BIN may sit in a directory only root can enter (a clone under `mktemp -d` is 0700):
+    give the runs as nobody a copy they can execute."""
+    d = H.make_temp_dir("ferry-it-bin-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "ferry")
+    shutil.copy(H.FERRY_BIN, path)
+    os.chmod(path, 0o755)
+    return path
+
+
+NOBODY_BIN = binary_for_nobody()
 NOGROUP = grp.getgrnam("nogroup")
 NO_USER = "ferry-no-such-user"
 NO_GROUP = "ferry-no-such-group"
@@ -143,6 +157,7 @@ def not_dumpable_without_user():
     f = H.Ferry(own, [svc], workers=1, name="unprivileged")
     os.chown(f.config_path, NOBODY.pw_uid, NOBODY.pw_gid)
     f.spawn_kw = {"user": NOBODY.pw_uid, "group": NOBODY.pw_gid, "extra_groups": []}
+    f.binary = NOBODY_BIN
     try:
         f.start()
         check_ids(f, NOBODY.pw_uid, NOBODY.pw_gid, groups=[])
@@ -166,7 +181,7 @@ def a_user_other_than_itself_needs_root():
     with open(path, "w") as fh:
         fh.write(H.config_text([svc], workers=1, global_extra={"user": "root"}))
     os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
-    r = H.run([H.FERRY_BIN, "--config", path], timeout=H.bound(30), check=False,
+    r = H.run([NOBODY_BIN, "--config", path], timeout=H.bound(30), check=False,
               user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[])
     line, col = value_pos(path, "user")
     expect_exit_1_with(r, f'{path}:{line}:{col}: global.user: cannot switch to user "root": '

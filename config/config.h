@@ -41,6 +41,45 @@ struct HostPort {
   std::string str() const;  // back to the written form, brackets restored for IPv6
 };
 
+enum class VerifyClient { none, optional, required };
+
+// One more certificate of a server-mode service, chosen by SNI ([[service.certificates]]).
+struct CertificateConfig {
+  std::string cert_file;
+  std::string key_file;  // defaults to cert_file
+  SourcePos cert_pos;
+  SourcePos key_pos;
+};
+
+// TLS policy of a service. Empty strings / zero mean "ferry's default". Keys that apply to one
+// mode only are rejected by the loader in the other.
+struct TlsPolicy {
+  int min_version = 0;       // TLS1_2_VERSION / TLS1_3_VERSION (0x0303 / 0x0304); 0 = 1.2
+  int max_version = 0;       // 0 = 1.3
+  std::string ciphers;       // TLS 1.2 list, OpenSSL syntax
+  std::string ciphersuites;  // TLS 1.3 list
+  std::string groups;
+  std::vector<std::string> alpn;  // server: preference order; client: offered
+  // Server mode.
+  std::vector<CertificateConfig> certificates;      // besides cert/key, chosen by SNI
+  std::string client_ca;                            // request and verify client certificates
+  VerifyClient verify_client = VerifyClient::none;  // required when client_ca is set
+  std::string crl;
+  std::vector<std::string> allow_subjects;  // RFC 2253/4514 subjects
+  std::vector<std::string> allow_sans;      // DNS, URI or IP SANs
+  bool session_tickets = true;
+  std::string ticket_key_file;
+  unsigned record_padding = 0;  // TLS 1.3 block padding, 0 = off
+  // Client mode.
+  std::string server_name;  // SNI and the name verified; default: the host part of connect
+  std::string ca;           // file or directory; empty: the system trust store
+  bool verify = true;
+
+  SourcePos min_version_pos, max_version_pos, ciphers_pos, ciphersuites_pos, groups_pos, alpn_pos,
+      client_ca_pos, verify_client_pos, crl_pos, allow_subjects_pos, allow_sans_pos,
+      ticket_key_file_pos, record_padding_pos, server_name_pos, ca_pos, verify_pos;
+};
+
 struct ServiceConfig {
   size_t index = 0;  // position among the file's [[service]] tables; keys read "service[index]."
   std::string name;
@@ -53,6 +92,7 @@ struct ServiceConfig {
   std::chrono::milliseconds handshake_timeout{std::chrono::seconds(10)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  TlsPolicy tls;
 
   // Positions of values that are checked after loading (files, binding).
   SourcePos pos;  // the [[service]] table header
@@ -68,15 +108,15 @@ struct MetricsConfig {
 };
 
 struct Config {
-  std::string path;          // the file this came from
-  unsigned workers = 0;      // 0 = one per CPU (resolve with effective_workers())
+  std::string path;      // the file this came from
+  unsigned workers = 0;  // 0 = one per CPU (resolve with effective_workers())
   LogLevel log_level = LogLevel::info;
   LogFormat log_format = LogFormat::text;
-  bool access_log = true;                 // one line per finished connection, at info
+  bool access_log = true;  // one line per finished connection, at info
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};  // drain on SIGTERM
-  bool watch_files = true;                // reload when a cert/key file changes
-  std::string user;                       // drop to this user after binding (empty: stay)
-  std::string group;                      // and this group (empty: the user's primary group)
+  bool watch_files = true;  // reload when a cert/key file changes
+  std::string user;         // drop to this user after binding (empty: stay)
+  std::string group;        // and this group (empty: the user's primary group)
   SourcePos user_pos;
   SourcePos group_pos;
   std::optional<MetricsConfig> metrics;  // absent: no endpoint
@@ -86,11 +126,11 @@ struct Config {
 };
 
 struct LoadResult {
-  std::optional<Config> config;         // set only when errors is empty
+  std::optional<Config> config;  // set only when errors is empty
   // When there are errors but the TOML itself parsed: what could be read (fields with errors
   // keep their defaults), so later checks such as loading certificates can still report theirs.
   std::optional<Config> partial;
-  std::vector<ConfigError> errors;      // every error found, in file order
+  std::vector<ConfigError> errors;  // every error found, in file order
   std::vector<ConfigError> warnings;
 };
 

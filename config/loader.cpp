@@ -15,11 +15,15 @@
 #include <tuple>
 
 #include "config/config.h"
+#include "config/loader_internal.h"
 
 namespace ferry {
+namespace detail {
 namespace {
 
 constexpr int64_t kMaxWorkers = 1024;
+
+}  // namespace
 
 std::string_view type_name(toml::node_type type) {
   switch (type) {
@@ -52,6 +56,8 @@ std::string in_quotes(std::string_view text) {
 }
 
 // The form used to compare accept addresses: lower-case host, IP addresses in canonical form.
+namespace {
+
 std::string normalised(const HostPort& address) {
   std::string host = address.host;
   std::transform(host.begin(), host.end(), host.begin(),
@@ -75,50 +81,7 @@ bool valid_service_name(std::string_view name) {
 }
 
 // One pass over a parsed document. Every check appends to errors_ and carries on.
-class Loader {
- public:
-  explicit Loader(std::string path) : path_(std::move(path)) { config_.path = path_; }
-
-  LoadResult run(std::string_view text);
-
- private:
-  SourcePos pos_of(const toml::source_region& where) const {
-    return SourcePos{path_, static_cast<int>(where.begin.line),
-                     static_cast<int>(where.begin.column)};
-  }
-  void error(const toml::source_region& where, std::string key, std::string message) {
-    errors_.push_back(ConfigError{pos_of(where), std::move(key), std::move(message)});
-  }
-  void type_error(const toml::node& node, const std::string& key, std::string_view expected) {
-    error(node.source(), key,
-          "expected " + std::string(expected) + ", got " + std::string(type_name(node.type())));
-  }
-
-  void check_keys(const toml::table& table, const std::string& prefix,
-                  std::initializer_list<std::string_view> known);
-  const toml::table* table_at(const toml::node& node, const std::string& key);
-  const std::string* string_at(const toml::table& table, std::string_view name,
-                               const std::string& key);
-  void duration_at(const toml::table& table, std::string_view name, const std::string& key,
-                   std::chrono::milliseconds& out);
-  void bool_at(const toml::table& table, std::string_view name, const std::string& key,
-               bool& out);
-  bool address_at(const toml::table& table, std::string_view name, const std::string& key,
-                  HostPort& out, SourcePos& pos);
-  std::string resolve_path(const std::string& file) const;
-
-  void load_global(const toml::node& node);
-  void load_metrics(const toml::node& node);
-  void load_services(const toml::node& node);
-  void load_service(const toml::node& node, size_t index);
-
-  std::string path_;
-  Config config_;
-  std::vector<ConfigError> errors_;
-  // For duplicate checks: name -> line of its first use; accept address -> who uses it.
-  std::map<std::string, int> names_;
-  std::map<std::string, std::string> accepts_;
-};
+}  // namespace
 
 void Loader::check_keys(const toml::table& table, const std::string& prefix,
                         std::initializer_list<std::string_view> known) {
@@ -188,8 +151,8 @@ void Loader::load_global(const toml::node& node) {
   const toml::table* table = table_at(node, "global");
   if (!table) return;
   check_keys(*table, "global.",
-             {"workers", "log_level", "log_format", "access_log", "shutdown_timeout",
-              "watch_files", "user", "group"});
+             {"workers", "log_level", "log_format", "access_log", "shutdown_timeout", "watch_files",
+              "user", "group"});
 
   if (const toml::node* workers = table->get("workers")) {
     if (const auto* value = workers->as_integer()) {
@@ -277,8 +240,33 @@ void Loader::load_service(const toml::node& node, size_t index) {
   const toml::table* table = table_at(node, "service[" + std::to_string(index) + "]");
   if (!table) return;
   check_keys(*table, prefix,
-             {"name", "mode", "accept", "connect", "cert", "key", "handshake_timeout",
-              "connect_timeout", "idle_timeout"});
+             {"name",
+              "mode",
+              "accept",
+              "connect",
+              "cert",
+              "key",
+              "handshake_timeout",
+              "connect_timeout",
+              "idle_timeout",
+              "min_version",
+              "max_version",
+              "ciphers",
+              "ciphersuites",
+              "groups",
+              "alpn",
+              "certificates",
+              "client_ca",
+              "verify_client",
+              "crl",
+              "allow_subjects",
+              "allow_sans",
+              "session_tickets",
+              "ticket_key_file",
+              "record_padding",
+              "server_name",
+              "ca",
+              "verify"});
 
   ServiceConfig service;
   service.index = index;
@@ -307,7 +295,6 @@ void Loader::load_service(const toml::node& node, size_t index) {
   if (const std::string* mode = string_at(*table, "mode", prefix + "mode")) {
     if (*mode == "client") {
       service.mode = ServiceMode::client;
-      error(table->get("mode")->source(), prefix + "mode", "client mode is not supported yet");
     } else if (*mode != "server") {
       error(table->get("mode")->source(), prefix + "mode",
             "bad mode " + in_quotes(*mode) + " (use server or client)");
@@ -315,9 +302,8 @@ void Loader::load_service(const toml::node& node, size_t index) {
   }
 
   require("accept");
-  const std::string* accept_text = table->get_as<std::string>("accept")
-                                       ? &table->get_as<std::string>("accept")->get()
-                                       : nullptr;
+  const std::string* accept_text =
+      table->get_as<std::string>("accept") ? &table->get_as<std::string>("accept")->get() : nullptr;
   if (accept_text && accept_text->starts_with("systemd:")) {
     // Socket activation: the socket comes from systemd, named by FileDescriptorName=.
     service.accept_pos = pos_of(table->get("accept")->source());
@@ -331,8 +317,7 @@ void Loader::load_service(const toml::node& node, size_t index) {
       error(table->get("accept")->source(), prefix + "accept",
             "duplicate accept address " + *accept_text);
     }
-  } else if (address_at(*table, "accept", prefix + "accept", service.accept,
-                        service.accept_pos)) {
+  } else if (address_at(*table, "accept", prefix + "accept", service.accept, service.accept_pos)) {
     const std::string user = service.name.empty() ? "service[" + std::to_string(index) + "]"
                                                   : "service " + in_quotes(service.name);
     const auto [it, inserted] = accepts_.emplace(normalised(service.accept), user);
@@ -346,8 +331,12 @@ void Loader::load_service(const toml::node& node, size_t index) {
   require("connect");
   address_at(*table, "connect", prefix + "connect", service.connect, service.connect_pos);
 
-  // A certificate is needed in server mode; client mode is rejected above.
+  // A certificate is needed in server mode; in client mode it is the optional client
+  // certificate (mTLS), and a key without a certificate makes no sense.
   if (service.mode == ServiceMode::server) require("cert");
+  if (service.mode == ServiceMode::client && table->contains("key") && !table->contains("cert")) {
+    error(table->get("key")->source(), prefix + "key", "needs cert as well");
+  }
   if (const std::string* cert = string_at(*table, "cert", prefix + "cert")) {
     service.cert_pos = pos_of(table->get("cert")->source());
     if (cert->empty()) {
@@ -366,6 +355,7 @@ void Loader::load_service(const toml::node& node, size_t index) {
   duration_at(*table, "handshake_timeout", prefix + "handshake_timeout", service.handshake_timeout);
   duration_at(*table, "connect_timeout", prefix + "connect_timeout", service.connect_timeout);
   duration_at(*table, "idle_timeout", prefix + "idle_timeout", service.idle_timeout);
+  load_service_tls(*table, prefix, service);
 
   // Kept even when something above failed: the config is only returned without errors.
   config_.services.push_back(std::move(service));
@@ -414,7 +404,10 @@ LoadResult file_error(const std::string& path, std::string message) {
   return result;
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::file_error;
+using detail::Loader;
 
 // Positions of 0 mean "the whole file" (e.g. it cannot be read): then only "file: message".
 std::string ConfigError::str() const {

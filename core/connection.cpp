@@ -1,6 +1,8 @@
 #include "core/connection.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,8 +13,10 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include "core/client_auth.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/tls_client_context.h"
 #include "core/worker.h"
 
 namespace ferry {
@@ -42,8 +46,9 @@ std::string printable_sni(const SSL* ssl) {
 }
 
 // The client certificate's subject in RFC 2253 form (non-ASCII escaped), "" without one.
-std::string client_cert_subject(const SSL* ssl) {
-  const X509* cert = SSL_get0_peer_certificate(ssl);
+std::string client_cert_subject(const SSL* ssl, bool client_mode) {
+  // Server mode: the certificate the client presented; client mode: the one ferry presented.
+  const X509* cert = client_mode ? SSL_get_certificate(ssl) : SSL_get0_peer_certificate(ssl);
   if (!cert) return "";
   BioPtr bio(BIO_new(BIO_s_mem()));
   if (!bio || X509_NAME_print_ex(bio.get(), X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) < 0) {
@@ -69,7 +74,8 @@ Connection::Connection(Worker& worker, std::shared_ptr<const Runtime> runtime,
       runtime_(std::move(runtime)),
       service_(service),
       id_(id),
-      fd_(fd),
+      tls_fd_(service.config.mode == ServiceMode::client ? -1 : fd),
+      accepted_fd_(service.config.mode == ServiceMode::client ? fd : -1),
       peer_{peer, peer_len} {}
 
 Connection::~Connection() {
@@ -77,7 +83,8 @@ Connection::~Connection() {
   pool.put(up_buf_);
   pool.put(down_buf_);
   ssl_.reset();
-  if (fd_ >= 0) ::close(fd_);
+  if (tls_fd_ >= 0) ::close(tls_fd_);
+  if (accepted_fd_ >= 0) ::close(accepted_fd_);  // never handed to plain_
 }
 
 std::string Connection::client_address() const {
@@ -90,20 +97,35 @@ void Connection::start() {
   m.connections->Increment();
   m.active->Increment();
 
-  uv_loop_t* loop = worker_.loop();
-  uv_timer_init(loop, &timer_);
+  uv_timer_init(worker_.loop(), &timer_);
   timer_.data = this;
   ++open_handles_;
-  if (uv_poll_init_socket(loop, &client_poll_, fd_) != 0) {
-    close(EndReason::client_error);
-    return;
+  if (client_mode()) {
+    start_client_mode();
+  } else {
+    start_server_mode();
   }
-  client_poll_.data = this;
-  ++open_handles_;
+}
 
-  ssl_.reset(SSL_new(service_.tls->ctx.get()));
-  if (!ssl_ || SSL_set_fd(ssl_.get(), fd_) != 1) {
-    CLOG_WARN(id_, "cannot create TLS session: %s", drain_openssl_errors().c_str());
+bool Connection::init_tls_poll() {
+  if (uv_poll_init_socket(worker_.loop(), &tls_poll_, tls_fd_) != 0) return false;
+  tls_poll_.data = this;
+  ++open_handles_;
+  return true;
+}
+
+bool Connection::create_ssl() {
+  SSL_CTX* ctx = client_mode() ? service_.client_tls->ctx.get() : service_.tls->ctx.get();
+  ssl_.reset(SSL_new(ctx));
+  const bool ok =
+      ssl_ && SSL_set_fd(ssl_.get(), tls_fd_) == 1 &&
+      (!client_mode() || prepare_client_ssl(ssl_.get(), service_.config, *service_.client_tls));
+  if (!ok) CLOG_WARN(id_, "cannot create TLS session: %s", drain_openssl_errors().c_str());
+  return ok;
+}
+
+void Connection::start_server_mode() {
+  if (!init_tls_poll() || !create_ssl()) {
     close(EndReason::client_error);
     return;
   }
@@ -114,30 +136,47 @@ void Connection::start() {
   set_poll(UV_READABLE);
 }
 
+void Connection::start_client_mode() {
+  uv_tcp_init(worker_.loop(), &plain_);
+  plain_.data = this;
+  plain_open_ = true;
+  ++open_handles_;
+  if (uv_tcp_open(&plain_, accepted_fd_) != 0) {
+    close(EndReason::client_error);  // accepted_fd_ is still ours: closed by the destructor
+    return;
+  }
+  accepted_fd_ = -1;  // plain_ owns it now
+  uv_tcp_nodelay(&plain_, 1);
+  state_ = State::connecting;
+  connect_upstream();
+}
+
 void Connection::set_poll(int events) {
   if (events == poll_events_ || state_ == State::closing) return;
   poll_events_ = events;
   if (events == 0) {
-    uv_poll_stop(&client_poll_);
+    uv_poll_stop(&tls_poll_);
   } else {
-    uv_poll_start(&client_poll_, events, on_client_poll);
+    uv_poll_start(&tls_poll_, events, on_tls_poll);
   }
 }
 
 // ---- libuv trampolines -------------------------------------------------------------------
 
-void Connection::on_client_poll(uv_poll_t* h, int status, int /*events*/) {
+void Connection::on_tls_poll(uv_poll_t* h, int status, int /*events*/) {
   auto* self = static_cast<Connection*>(h->data);
-  if (status < 0) {
+  if (status < 0 && self->state_ != State::connecting) {
     if (self->state_ == State::handshake) {
       self->handshake_failed(HandshakeFailure::peer_closed, uv_strerror(status));
     } else {
-      CLOG_DEBUG(self->id_, "client socket error: %s", uv_strerror(status));
-      self->close(EndReason::client_error);
+      CLOG_DEBUG(self->id_, "TLS side socket error: %s", uv_strerror(status));
+      self->close(self->tls_side_error());
     }
     return;
   }
-  if (self->state_ == State::handshake) {
+  if (self->state_ == State::connecting) {
+    self->upstream_connected();  // client mode: the non-blocking connect finished
+  } else if (self->state_ == State::handshake) {
     self->do_handshake();
   } else {
     self->pump();
@@ -154,24 +193,24 @@ void Connection::on_connect(uv_connect_t* req, int status) {
   self->backend_connected(status);
 }
 
-void Connection::on_backend_alloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* buf) {
+void Connection::on_plain_alloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* buf) {
   auto* self = static_cast<Connection*>(h->data);
   if (!self->down_buf_) self->down_buf_ = self->worker_.buffers().get();
   *buf = uv_buf_init(self->down_buf_ + self->down_len_,
                      static_cast<unsigned>(kBufSize - self->down_len_));
 }
 
-void Connection::on_backend_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* /*buf*/) {
-  static_cast<Connection*>(s->data)->backend_read(nread);
+void Connection::on_plain_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* /*buf*/) {
+  static_cast<Connection*>(s->data)->plain_read(nread);
 }
 
-void Connection::on_backend_written(uv_write_t* req, int status) {
+void Connection::on_plain_written(uv_write_t* req, int status) {
   auto* self = static_cast<Connection*>(req->data);
   if (status == UV_ECANCELED || self->state_ == State::closing) return;
-  self->backend_written(status);
+  self->plain_written(status);
 }
 
-void Connection::on_backend_shutdown(uv_shutdown_t* req, int status) {
+void Connection::on_plain_shutdown(uv_shutdown_t* req, int status) {
   auto* self = static_cast<Connection*>(req->data);
   if (status == UV_ECANCELED || self->state_ == State::closing) return;
   self->up_done_ = true;
@@ -204,20 +243,45 @@ void Connection::do_handshake() {
   }
   unsigned long first = 0;
   std::string detail = drain_openssl_errors(&first);
-  const HandshakeFailure reason =
+  HandshakeFailure reason =
       classify_handshake_failure(err, first, saved_errno, client_hello_seen(ssl_.get()));
+  if (client_mode()) {
+    // Our verification of the upstream failed: say which check, with OpenSSL's words.
+    const long verify = SSL_get_verify_result(ssl_.get());
+    if (verify != X509_V_OK) {
+      reason = classify_verify_result(verify);
+      detail += std::string(detail.empty() ? "" : ": ") + X509_verify_cert_error_string(verify);
+    } else if (reason == HandshakeFailure::not_tls) {
+      reason = HandshakeFailure::other;  // we sent the ClientHello: "not TLS" is about clients
+    }
+  } else if (reason == HandshakeFailure::other) {
+    // Verification failures classify as `other`; resets and timeouts keep their own reason.
+    if (auto auth = client_auth_failure(ssl_.get())) {
+      reason = *auth;  // the client's certificate was missing, untrusted, revoked or not allowed
+      const long verify = SSL_get_verify_result(ssl_.get());
+      if (verify != X509_V_OK) {
+        detail += std::string(detail.empty() ? "" : ": ") + X509_verify_cert_error_string(verify);
+      }
+    }
+  }
   if (detail.empty()) {
     detail = (err == SSL_ERROR_SYSCALL && saved_errno != 0) ? std::strerror(saved_errno)
-                                                            : "connection closed by client";
+                                                            : "connection closed by peer";
   }
   handshake_failed(reason, detail);
 }
 
 void Connection::handshake_failed(HandshakeFailure reason, const std::string& detail) {
   service_.metrics->failures_for(reason).Increment();
-  CLOG_INFO(id_, "handshake failed: service=%s client=%s reason=%s (%s)",
-            service_.config.name.c_str(), client_address().c_str(), to_string(reason),
-            detail.c_str());
+  if (client_mode()) {
+    CLOG_INFO(id_, "handshake failed: service=%s upstream=%s client=%s reason=%s (%s)",
+              service_.config.name.c_str(), service_.backend.str().c_str(),
+              client_address().c_str(), to_string(reason), detail.c_str());
+  } else {
+    CLOG_INFO(id_, "handshake failed: service=%s client=%s reason=%s (%s)",
+              service_.config.name.c_str(), client_address().c_str(), to_string(reason),
+              detail.c_str());
+  }
   close(EndReason::handshake_failed);
 }
 
@@ -229,6 +293,10 @@ void Connection::handshake_done() {
   if (SSL_session_reused(ssl_.get())) m.sessions_resumed->Increment();
   CLOG_DEBUG(id_, "handshake done: %s %s", SSL_get_version(ssl_.get()),
              SSL_get_cipher_name(ssl_.get()));
+  if (client_mode()) {
+    start_splicing();  // the plaintext client is already there
+    return;
+  }
   state_ = State::connecting;
   set_poll(0);  // nothing to read from the client until the backend is there
   connect_backend();
@@ -237,18 +305,59 @@ void Connection::handshake_done() {
 // ---- backend connect ---------------------------------------------------------------------
 
 void Connection::connect_backend() {
-  uv_tcp_init(worker_.loop(), &backend_);
-  backend_.data = this;
-  backend_open_ = true;
+  uv_tcp_init(worker_.loop(), &plain_);
+  plain_.data = this;
+  plain_open_ = true;
   ++open_handles_;
   connect_req_.data = this;
-  const int rc = uv_tcp_connect(&connect_req_, &backend_, service_.backend.get(), on_connect);
+  const int rc = uv_tcp_connect(&connect_req_, &plain_, service_.backend.get(), on_connect);
   if (rc < 0) {
     backend_connect_failed(uv_strerror(rc));
     return;
   }
   uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(service_.config.connect_timeout.count()),
                  0);
+}
+
+void Connection::connect_upstream() {
+  // Client mode: a plain non-blocking connect; OpenSSL then drives the socket itself.
+  const SocketAddress& to = service_.backend;
+  tls_fd_ = ::socket(to.storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (tls_fd_ < 0) {
+    backend_connect_failed(std::strerror(errno));
+    return;
+  }
+  const int one = 1;
+  ::setsockopt(tls_fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (::connect(tls_fd_, to.get(), to.len) != 0 && errno != EINPROGRESS) {
+    backend_connect_failed(std::strerror(errno));
+    return;
+  }
+  if (!init_tls_poll()) {
+    backend_connect_failed("cannot watch the socket");
+    return;
+  }
+  set_poll(UV_WRITABLE);  // writable = connected (or failed: SO_ERROR says which)
+  uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(service_.config.connect_timeout.count()),
+                 0);
+}
+
+void Connection::upstream_connected() {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(tls_fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) {
+    backend_connect_failed(std::strerror(err));
+    return;
+  }
+  if (!create_ssl()) {
+    close(EndReason::backend_error);
+    return;
+  }
+  state_ = State::handshake;
+  uv_timer_start(&timer_, on_timer,
+                 static_cast<uint64_t>(service_.config.handshake_timeout.count()), 0);
+  do_handshake();  // we speak first: send the ClientHello now
 }
 
 void Connection::backend_connect_failed(const char* why) {
@@ -264,11 +373,15 @@ void Connection::backend_connected(int status) {
     backend_connect_failed(uv_strerror(status));
     return;
   }
+  uv_tcp_nodelay(&plain_, 1);
+  start_splicing();
+}
+
+void Connection::start_splicing() {
   state_ = State::splicing;
-  uv_tcp_nodelay(&backend_, 1);
   last_activity_ms_ = uv_now(worker_.loop());
   uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(service_.config.idle_timeout.count()), 0);
-  start_backend_reading();
+  start_plain_reading();
   // OpenSSL may already hold application data that arrived with the handshake's last flight.
   pump();
 }
@@ -304,16 +417,16 @@ void Connection::on_timeout() {
 
 void Connection::pump() {
   if (state_ != State::splicing) return;
-  flush_to_client();
+  flush_tls();
   if (state_ != State::splicing) return;
-  read_from_client();
+  read_tls();
   if (state_ != State::splicing) return;
   update_poll();
   maybe_finish();
 }
 
-void Connection::read_from_client() {
-  while (!client_eof_ && !up_writing_ && state_ == State::splicing) {
+void Connection::read_tls() {
+  while (!tls_eof_ && !up_writing_ && state_ == State::splicing) {
     if (!up_buf_) up_buf_ = worker_.buffers().get();
     up_want_write_ = false;
     size_t len = 0;
@@ -336,9 +449,9 @@ void Connection::read_from_client() {
       } else if (err == SSL_ERROR_ZERO_RETURN) {
         // close_notify, or a bare TCP FIN (SSL_OP_IGNORE_UNEXPECTED_EOF): the client's
         // half-close, forwarded to the backend once everything before it is written.
-        client_eof_ = true;
+        tls_eof_ = true;
       } else {
-        client_io_error(err, "read");
+        tls_io_error(err, "read");
         return;
       }
       break;
@@ -350,23 +463,24 @@ void Connection::read_from_client() {
       up_off_ = 0;
       up_len_ = len;
       bytes_up_ += len;
-      service_.metrics->bytes_to_backend->Increment(static_cast<double>(len));
+      (client_mode() ? service_.metrics->bytes_to_client : service_.metrics->bytes_to_backend)
+          ->Increment(static_cast<double>(len));
       last_activity_ms_ = uv_now(worker_.loop());
-      write_to_backend();
+      write_plain();
       if (state_ != State::splicing) return;
     }
     if (blocked) break;
   }
-  maybe_shutdown_backend();
+  maybe_shutdown_plain();
 }
 
-void Connection::write_to_backend() {
+void Connection::write_plain() {
   uv_buf_t b = uv_buf_init(up_buf_ + up_off_, static_cast<unsigned>(up_len_));
-  int n = uv_try_write(stream(&backend_), &b, 1);
+  int n = uv_try_write(stream(&plain_), &b, 1);
   if (n == UV_EAGAIN) n = 0;
   if (n < 0) {
     CLOG_DEBUG(id_, "backend write: %s", uv_strerror(n));
-    close(EndReason::backend_error);
+    close(plain_side_error());
     return;
   }
   up_off_ += static_cast<size_t>(n);
@@ -380,20 +494,20 @@ void Connection::write_to_backend() {
   // The backend is slow: hand the rest to libuv and stop reading the client until it is out.
   b = uv_buf_init(up_buf_ + up_off_, static_cast<unsigned>(up_len_));
   write_req_.data = this;
-  const int rc = uv_write(&write_req_, stream(&backend_), &b, 1, on_backend_written);
+  const int rc = uv_write(&write_req_, stream(&plain_), &b, 1, on_plain_written);
   if (rc < 0) {
     CLOG_DEBUG(id_, "backend write: %s", uv_strerror(rc));
-    close(EndReason::backend_error);
+    close(plain_side_error());
     return;
   }
   up_writing_ = true;
 }
 
-void Connection::backend_written(int status) {
+void Connection::plain_written(int status) {
   up_writing_ = false;
   if (status < 0) {
     CLOG_DEBUG(id_, "backend write: %s", uv_strerror(status));
-    close(EndReason::backend_error);
+    close(plain_side_error());
     return;
   }
   last_activity_ms_ = uv_now(worker_.loop());
@@ -403,36 +517,37 @@ void Connection::backend_written(int status) {
   pump();
 }
 
-void Connection::maybe_shutdown_backend() {
-  if (!client_eof_ || backend_shut_ || up_writing_ || up_len_ != 0) return;
-  backend_shut_ = true;
+void Connection::maybe_shutdown_plain() {
+  if (!tls_eof_ || plain_shut_ || up_writing_ || up_len_ != 0) return;
+  plain_shut_ = true;
   shutdown_req_.data = this;
-  if (uv_shutdown(&shutdown_req_, stream(&backend_), on_backend_shutdown) != 0) {
+  if (uv_shutdown(&shutdown_req_, stream(&plain_), on_plain_shutdown) != 0) {
     up_done_ = true;  // the backend is already gone for writing: nothing left to forward
   }
 }
 
-void Connection::start_backend_reading() {
-  if (backend_reading_ || backend_eof_ || state_ != State::splicing) return;
-  if (uv_read_start(stream(&backend_), on_backend_alloc, on_backend_read) == 0) {
-    backend_reading_ = true;
+void Connection::start_plain_reading() {
+  if (plain_reading_ || plain_eof_ || state_ != State::splicing) return;
+  if (uv_read_start(stream(&plain_), on_plain_alloc, on_plain_read) == 0) {
+    plain_reading_ = true;
   }
 }
 
-void Connection::backend_read(ssize_t nread) {
+void Connection::plain_read(ssize_t nread) {
   if (state_ != State::splicing) return;
   if (nread > 0) {
     down_off_ = 0;
     down_len_ = static_cast<size_t>(nread);
     bytes_down_ += down_len_;
-    service_.metrics->bytes_to_client->Increment(static_cast<double>(nread));
+    (client_mode() ? service_.metrics->bytes_to_backend : service_.metrics->bytes_to_client)
+        ->Increment(static_cast<double>(nread));
     last_activity_ms_ = uv_now(worker_.loop());
-    flush_to_client();
+    flush_tls();
     if (state_ != State::splicing) return;
     if (down_off_ < down_len_) {
       // The client is slow: stop reading the backend until this buffer is out.
-      uv_read_stop(stream(&backend_));
-      backend_reading_ = false;
+      uv_read_stop(stream(&plain_));
+      plain_reading_ = false;
     }
     update_poll();
     return;
@@ -445,20 +560,20 @@ void Connection::backend_read(ssize_t nread) {
     return;
   }
   if (nread == UV_EOF) {
-    backend_eof_ = true;
-    uv_read_stop(stream(&backend_));
-    backend_reading_ = false;
-    flush_to_client();  // forwards the EOF once nothing is pending
+    plain_eof_ = true;
+    uv_read_stop(stream(&plain_));
+    plain_reading_ = false;
+    flush_tls();  // forwards the EOF once nothing is pending
     if (state_ != State::splicing) return;
     update_poll();
     maybe_finish();
     return;
   }
   CLOG_DEBUG(id_, "backend read: %s", uv_strerror(static_cast<int>(nread)));
-  close(EndReason::backend_error);
+  close(plain_side_error());
 }
 
-void Connection::flush_to_client() {
+void Connection::flush_tls() {
   down_want_read_ = false;
   if (down_off_ < down_len_)
     last_activity_ms_ = uv_now(worker_.loop());  // a slow reader is not idle
@@ -476,7 +591,7 @@ void Connection::flush_to_client() {
       down_want_read_ = true;
       return;
     }
-    client_io_error(err, "write");
+    tls_io_error(err, "write");
     return;
   }
   if (down_buf_) {
@@ -484,10 +599,10 @@ void Connection::flush_to_client() {
     down_buf_ = nullptr;
   }
   down_off_ = down_len_ = 0;
-  if (backend_eof_) {
+  if (plain_eof_) {
     if (!down_done_) send_close_notify();
   } else {
-    start_backend_reading();
+    start_plain_reading();
   }
 }
 
@@ -497,21 +612,21 @@ void Connection::send_close_notify() {
   if (r < 0) {
     const int err = SSL_get_error(ssl_.get(), r);
     ERR_clear_error();
-    if (err == SSL_ERROR_WANT_WRITE) return;  // retried from flush_to_client when writable
+    if (err == SSL_ERROR_WANT_WRITE) return;  // retried from flush_tls when writable
   }
-  ::shutdown(fd_, SHUT_WR);
+  ::shutdown(tls_fd_, SHUT_WR);
   down_done_ = true;
 }
 
 void Connection::update_poll() {
   if (state_ != State::splicing) return;
   int ev = 0;
-  if (!client_eof_ && !up_writing_ && up_len_ == 0) {
+  if (!tls_eof_ && !up_writing_ && up_len_ == 0) {
     ev |= up_want_write_ ? UV_WRITABLE : UV_READABLE;
   }
   if (down_off_ < down_len_) {
     ev |= down_want_read_ ? UV_READABLE : UV_WRITABLE;
-  } else if (backend_eof_ && !down_done_) {
+  } else if (plain_eof_ && !down_done_) {
     ev |= UV_WRITABLE;  // close_notify still to be sent
   }
   set_poll(ev);
@@ -521,15 +636,15 @@ void Connection::maybe_finish() {
   if (up_done_ && down_done_ && state_ == State::splicing) close(EndReason::done);
 }
 
-void Connection::client_io_error(int ssl_error, const char* op) {
+void Connection::tls_io_error(int ssl_error, const char* op) {
   const int saved_errno = errno;
   std::string detail = drain_openssl_errors();
   if (detail.empty()) {
     detail = (ssl_error == SSL_ERROR_SYSCALL && saved_errno) ? std::strerror(saved_errno)
                                                              : "connection closed";
   }
-  CLOG_DEBUG(id_, "client %s failed: %s", op, detail.c_str());
-  close(EndReason::client_error);
+  CLOG_DEBUG(id_, "TLS %s failed: %s", op, detail.c_str());
+  close(tls_side_error());
 }
 
 // ---- the end ------------------------------------------------------------------------------
@@ -545,7 +660,7 @@ void Connection::log_access() const {
   if (negotiated) SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
   const std::string client_host = peer_.host();
   const std::string sni = ssl ? printable_sni(ssl) : "";
-  const std::string subject = negotiated ? client_cert_subject(ssl) : "";
+  const std::string subject = negotiated ? client_cert_subject(ssl, client_mode()) : "";
   const std::string backend = service_.backend.str();
 
   log::AccessRecord r;
@@ -560,8 +675,8 @@ void Connection::log_access() const {
   r.resumed = negotiated && SSL_session_reused(ssl);
   r.client_cert = subject;
   r.backend = backend;
-  r.to_backend = bytes_up_;
-  r.to_client = bytes_down_;
+  r.to_backend = client_mode() ? bytes_down_ : bytes_up_;
+  r.to_client = client_mode() ? bytes_up_ : bytes_down_;
   r.handshake_s = negotiated ? static_cast<double>(handshake_ns_) / 1e9 : -1;
   r.duration_s = seconds_since(start_ns_);
   r.end = to_string(end_reason_);
@@ -580,9 +695,9 @@ void Connection::close(EndReason reason) {
   log_access();  // every connection, failed handshakes included (end=handshake_failed)
 
   uv_close(handle(&timer_), on_handle_closed);
-  // client_poll_.data is set iff start() got past uv_poll_init_socket.
-  if (client_poll_.data) uv_close(handle(&client_poll_), on_handle_closed);
-  if (backend_open_) uv_close(handle(&backend_), on_handle_closed);
+  // tls_poll_.data is set iff start() got past uv_poll_init_socket.
+  if (tls_poll_.data) uv_close(handle(&tls_poll_), on_handle_closed);
+  if (plain_open_) uv_close(handle(&plain_), on_handle_closed);
 }
 
 }  // namespace ferry

@@ -1,5 +1,7 @@
 #include "core/handshake_failure.h"
 
+#include <openssl/x509_vfy.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -27,6 +29,22 @@ const char* to_string(HandshakeFailure reason) {
       return "no_shared_cipher";
     case HandshakeFailure::peer_closed:
       return "peer_closed";
+    case HandshakeFailure::no_application_protocol:
+      return "no_application_protocol";
+    case HandshakeFailure::no_client_cert:
+      return "no_client_cert";
+    case HandshakeFailure::unknown_ca:
+      return "unknown_ca";
+    case HandshakeFailure::cert_revoked:
+      return "cert_revoked";
+    case HandshakeFailure::cert_expired:
+      return "cert_expired";
+    case HandshakeFailure::not_allowed:
+      return "not_allowed";
+    case HandshakeFailure::hostname_mismatch:
+      return "hostname_mismatch";
+    case HandshakeFailure::bad_certificate:
+      return "bad_certificate";
     case HandshakeFailure::other:
       return "other";
   }
@@ -56,6 +74,10 @@ HandshakeFailure classify_handshake_failure(int ssl_error, unsigned long err, in
       case SSL_R_NO_SHARED_SIGNATURE_ALGORITHMS:
       case SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM:
         return HandshakeFailure::no_shared_cipher;
+      // ALPN: ours (server) or the peer's alert (client) found no protocol in common.
+      case SSL_R_NO_APPLICATION_PROTOCOL:
+      case SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL:
+        return HandshakeFailure::no_application_protocol;
       default:
         break;
     }
@@ -98,6 +120,30 @@ std::string drain_openssl_errors(unsigned long* first) {
     out += text;
   }
   return out;
+}
+
+HandshakeFailure classify_verify_result(long x509_error) {
+  switch (x509_error) {
+    case X509_V_OK:
+      return HandshakeFailure::other;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+      return HandshakeFailure::unknown_ca;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return HandshakeFailure::cert_expired;
+    case X509_V_ERR_CERT_REVOKED:
+      return HandshakeFailure::cert_revoked;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+      return HandshakeFailure::hostname_mismatch;
+    default:
+      return HandshakeFailure::bad_certificate;
+  }
 }
 
 }  // namespace ferry

@@ -2,6 +2,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <prometheus/text_serializer.h>
@@ -172,15 +173,19 @@ void Metrics::register_ciphers(ServiceMetrics& service, SSL_CTX* ctx) {
   }
 }
 
-void Metrics::set_certificate_expiry(const std::string& service, const std::string& subject,
-                                     std::time_t not_after) {
-  auto& gauge = certificate_expiry_.Add({{"service", service}, {"subject", subject}});
-  gauge.Set(static_cast<double>(not_after));
-  auto [it, inserted] = expiry_by_service_.emplace(service, &gauge);
-  if (!inserted && it->second != &gauge) {
-    certificate_expiry_.Remove(it->second);  // the certificate's subject changed on reload
-    it->second = &gauge;
+void Metrics::set_certificate_expiry(
+    const std::string& service, const std::vector<std::pair<std::string, std::time_t>>& certs) {
+  std::vector<prometheus::Gauge*> now;
+  for (const auto& [subject, not_after] : certs) {
+    auto& gauge = certificate_expiry_.Add({{"service", service}, {"subject", subject}});
+    gauge.Set(static_cast<double>(not_after));
+    now.push_back(&gauge);
   }
+  // Series of certificates this service no longer serves (changed on reload) go away.
+  for (prometheus::Gauge* old : expiry_by_service_[service]) {
+    if (std::find(now.begin(), now.end(), old) == now.end()) certificate_expiry_.Remove(old);
+  }
+  expiry_by_service_[service] = std::move(now);
 }
 
 void Metrics::record_reload(bool success) {

@@ -66,8 +66,9 @@ class Metrics {
   ServiceMetrics& service(const std::string& name);
   // Pre-register ferry_handshakes_total series for every cipher `ctx` can negotiate.
   void register_ciphers(ServiceMetrics& service, SSL_CTX* ctx);
-  void set_certificate_expiry(const std::string& service, const std::string& subject,
-                              std::time_t not_after);
+  // The certificates a service serves now (subject, notAfter); replaces the previous set.
+  void set_certificate_expiry(const std::string& service,
+                              const std::vector<std::pair<std::string, std::time_t>>& certs);
 
   // A configuration reload finished (ferry_config_reloads_total and the last-reload gauges).
   void record_reload(bool success);
@@ -96,8 +97,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& reloads_;
   prometheus::Gauge& last_reload_successful_;
   prometheus::Gauge& last_reload_success_time_;
-  // service -> its current expiry series, replaced when a reload changes the certificate.
-  std::map<std::string, prometheus::Gauge*> expiry_by_service_;
+  // service -> its current expiry series, replaced when a reload changes the certificates.
+  std::map<std::string, std::vector<prometheus::Gauge*>> expiry_by_service_;
   std::vector<std::unique_ptr<ServiceMetrics>> services_;
   std::unique_ptr<prometheus::Exposer> exposer_;
 };

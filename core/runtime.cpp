@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -70,6 +72,21 @@ std::string ServiceRuntime::listen_key() const {
 }
 
 std::string file_digest(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    // A CA directory: the digest of its files' names and digests, in name order.
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+      if (entry.is_regular_file(ec)) names.push_back(entry.path().string());
+    }
+    std::sort(names.begin(), names.end());
+    std::string all;
+    for (const std::string& name : names) all += name + '\0' + file_digest(name) + '\0';
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(all.data(), all.size(), md, &len, EVP_sha256(), nullptr);
+    return "dir:" + std::string(reinterpret_cast<const char*>(md), len);
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return "";
   std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -88,14 +105,38 @@ std::string file_digest(const std::string& path) {
 
 namespace {
 
-// Everything a server TLS context is built from. Keys added to the TLS policy later must be
-// added here too, or a reload would keep serving the old policy.
+// Everything a service's TLS context is built from: the policy as configured and the contents of
+// every file it reads. Equal fingerprints mean the old context can be reused on reload.
 std::string tls_fingerprint(const ServiceConfig& svc) {
-  std::string f = svc.name;
-  for (const std::string& part :
-       {svc.cert_file, svc.key_file, file_digest(svc.cert_file), file_digest(svc.key_file)}) {
-    f.push_back('\0');
+  const TlsPolicy& t = svc.tls;
+  std::string f;
+  auto add = [&f](const std::string& part) {
     f += part;
+    f.push_back('\0');
+  };
+  auto add_file = [&](const std::string& path) {
+    add(path);
+    if (!path.empty()) add(file_digest(path));
+  };
+  add(svc.name);
+  add(svc.mode == ServiceMode::client ? "client" : "server");
+  add_file(svc.cert_file);
+  add_file(svc.key_file);
+  for (const CertificateConfig& c : t.certificates) {
+    add_file(c.cert_file);
+    add_file(c.key_file);
+  }
+  add(std::to_string(t.min_version) + "/" + std::to_string(t.max_version));
+  for (const std::string* s : {&t.ciphers, &t.ciphersuites, &t.groups, &t.server_name}) add(*s);
+  for (const std::string& a : t.alpn) add(a);
+  add("|");
+  for (const std::string& a : t.allow_subjects) add(a);
+  add("|");
+  for (const std::string& a : t.allow_sans) add(a);
+  add(std::to_string(static_cast<int>(t.verify_client)) + (t.verify ? "v" : "-") +
+      (t.session_tickets ? "t" : "-") + std::to_string(t.record_padding));
+  for (const std::string* path : {&t.client_ca, &t.crl, &t.ticket_key_file, &t.ca}) {
+    add_file(*path);
   }
   return f;
 }
@@ -129,7 +170,14 @@ RuntimeResult build_runtime(const Config& config, Metrics* metrics, const Runtim
     }
     rt.tls_fingerprint = tls_fingerprint(svc);
     const ServiceRuntime* old = find_service(previous, svc.name);
-    if (old && old->tls && old->tls_fingerprint == rt.tls_fingerprint) {
+    const bool reuse = old && old->tls_fingerprint == rt.tls_fingerprint;
+    if (svc.mode == ServiceMode::client) {
+      if (reuse && old->client_tls) {
+        rt.client_tls = old->client_tls;  // keeps its session cache too
+      } else if (auto tls = build_client_tls_context(svc, result.errors, result.warnings)) {
+        rt.client_tls = std::make_shared<const ClientTlsContext>(std::move(*tls));
+      }
+    } else if (reuse && old->tls) {
       rt.tls = old->tls;
     } else if (auto tls = build_server_tls_context(svc, result.errors, result.warnings)) {
       rt.tls = std::make_shared<const ServerTlsContext>(std::move(*tls));
@@ -141,8 +189,17 @@ RuntimeResult build_runtime(const Config& config, Metrics* metrics, const Runtim
   if (metrics) {
     for (ServiceRuntime& rt : runtime->services) {
       rt.metrics = &metrics->service(rt.config.name);
+      if (rt.client_tls) {
+        metrics->register_ciphers(*rt.metrics, rt.client_tls->ctx.get());
+        continue;
+      }
       metrics->register_ciphers(*rt.metrics, rt.tls->ctx.get());
-      metrics->set_certificate_expiry(rt.config.name, rt.tls->cert.subject, rt.tls->cert.not_after);
+      std::vector<std::pair<std::string, std::time_t>> certs{
+          {rt.tls->cert.subject, rt.tls->cert.not_after}};
+      for (const CertificateInfo& extra : rt.tls->extra_certs) {
+        certs.emplace_back(extra.subject, extra.not_after);
+      }
+      metrics->set_certificate_expiry(rt.config.name, certs);
     }
   }
   result.runtime = std::move(runtime);

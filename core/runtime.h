@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "core/tls_client_context.h"
 #include "core/tls_context.h"
 
 namespace ferry {
@@ -34,7 +35,8 @@ struct ServiceRuntime {
   SocketAddress backend;
   // Shared with the previous Runtime when nothing it was built from changed, so a reload does
   // not rebuild (and double the memory of) unchanged certificates.
-  std::shared_ptr<const ServerTlsContext> tls;
+  std::shared_ptr<const ServerTlsContext> tls;         // server mode
+  std::shared_ptr<const ClientTlsContext> client_tls;  // client mode
   std::string tls_fingerprint;        // name, paths and SHA-256 of the cert and key file contents
   ServiceMetrics* metrics = nullptr;  // null in --check
 

@@ -32,12 +32,20 @@ void close_fds(const std::vector<int>& fds) {
   }
 }
 
-// Files whose change triggers a reload: every certificate and key the config names.
+// Files whose change triggers a reload: every certificate, key, CA, CRL and ticket-key file the
+// config names. (A CA directory is watched as a path: changes inside it need a SIGHUP.)
 std::set<std::string> watched_files(const Runtime& rt) {
   std::set<std::string> files;
   for (const ServiceRuntime& s : rt.services) {
-    files.insert(s.config.cert_file);
-    files.insert(s.config.key_file);
+    const TlsPolicy& t = s.config.tls;
+    for (const std::string* f : {&s.config.cert_file, &s.config.key_file, &t.client_ca, &t.crl,
+                                 &t.ticket_key_file, &t.ca}) {
+      if (!f->empty()) files.insert(*f);
+    }
+    for (const CertificateConfig& c : t.certificates) {
+      files.insert(c.cert_file);
+      files.insert(c.key_file);
+    }
   }
   return files;
 }
@@ -236,6 +244,18 @@ void Server::on_watchdog_timer(uv_timer_t* /*t*/) {
 // ---- reload ----------------------------------------------------------------------------------
 
 void Server::reload(const char* cause) {
+  // Runs inside a libuv callback: nothing may escape. Building a runtime only throws on
+  // allocation failure or a library surprise; either way the running config stays.
+  try {
+    reload_now(cause);
+  } catch (const std::exception& e) {
+    LOG_ERROR("reload failed: %s; still running the previous configuration", e.what());
+    metrics_.record_reload(false);
+    systemd::notify_ready();
+  }
+}
+
+void Server::reload_now(const char* cause) {
   if (stopping_) return;
   systemd::notify_reloading();
   LOG_INFO("reloading configuration from %s (%s)", runtime_->config.path.c_str(), cause);

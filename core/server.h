@@ -44,7 +44,8 @@ class Server {
   // Sockets for `svc`, reusing the ones in `current` for an unchanged address.
   bool open_listeners(const ServiceRuntime& svc, const std::map<std::string, ListenerFds>& current,
                       std::map<std::string, ListenerFds>& out, std::string& why);
-  void reload(const char* cause);
+  void reload(const char* cause);  // never throws
+  void reload_now(const char* cause);
   void stop(int signum);
   void update_file_watches();
   bool watched_files_changed() const;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +19,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "core/client_auth.h"
 #include "core/handshake_failure.h"
+#include "core/ticket_keys.h"
+#include "core/tls_policy.h"
 
 namespace ferry {
 namespace {
@@ -35,6 +39,7 @@ constexpr const char* kTls13Suites =
     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 constexpr long kSessionCacheSize = 20480;
 constexpr size_t kMaxPemFileSize = 16 * 1024 * 1024;
+constexpr std::time_t kExpiryWarning = 30 * 86400;  // --check warns this long before expiry
 
 using GeneralNamesPtr = std::unique_ptr<GENERAL_NAMES, Free<GENERAL_NAMES_free>>;
 
@@ -194,45 +199,91 @@ std::string key_type_name(const EVP_PKEY* key) {
   }
 }
 
-int on_client_hello(SSL* ssl, int* /*alert*/, void* /*arg*/) {
+// Marks the SSL for the failure classifier and, when the service has SNI certificates (`arg`
+// is its SniSelector), switches to the context for the requested name. With a
+// HelloRetryRequest it runs again on the chosen context, whose `arg` is null.
+int on_client_hello(SSL* ssl, int* alert, void* arg) {
   static char marker;
   SSL_set_ex_data(ssl, client_hello_seen_index(), &marker);
+  if (arg == nullptr) return SSL_CLIENT_HELLO_SUCCESS;
+  const std::string name = client_hello_server_name(ssl);
+  if (name.empty()) return SSL_CLIENT_HELLO_SUCCESS;
+  SSL_CTX* chosen = static_cast<const SniSelector*>(arg)->select(name);
+  if (chosen != nullptr && chosen != SSL_get_SSL_CTX(ssl) &&
+      SSL_set_SSL_CTX(ssl, chosen) == nullptr) {
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
-// Collects the errors of one service with the right positions and keys.
-class Reporter {
+// Collects the problems of one service, keeping warnings about expired certificates ahead of
+// the service's other warnings.
+class ServiceReport {
  public:
-  Reporter(const ServiceConfig& service, std::vector<ConfigError>& errors,
-           std::vector<ConfigError>& warnings)
+  ServiceReport(const ServiceConfig& service, std::vector<ConfigError>& errors,
+                std::vector<ConfigError>& warnings)
       : service_(service), errors_(errors), warnings_(warnings) {}
 
-  void cert_error(std::string message) {
-    add(errors_, service_.cert_pos, "cert", std::move(message));
+  std::string prefix() const { return "service[" + std::to_string(service_.index) + "]"; }
+  void error(const SourcePos& pos, std::string key, std::string message) {
+    errors_.push_back({pos, std::move(key), std::move(message)});
   }
-  void key_error(std::string message) { add(errors_, service_.key_pos, "key", std::move(message)); }
-  void cert_warning(std::string message) {
-    add(warnings_, service_.cert_pos, "cert", std::move(message));
+  void warning(const SourcePos& pos, std::string key, std::string message) {
+    warnings_.push_back({pos, std::move(key), std::move(message)});
   }
-  void key_warning(std::string message) {
-    add(warnings_, service_.key_pos, "key", std::move(message));
+  void urgent_warning(const SourcePos& pos, std::string key, std::string message) {
+    auto at = warnings_.begin() + static_cast<std::ptrdiff_t>(warnings_at_start_ + urgent_++);
+    warnings_.insert(at, {pos, std::move(key), std::move(message)});
   }
-  void service_error(std::string message) {
-    errors_.push_back({service_.pos, key_prefix(), std::move(message)});
-  }
+  void service_error(std::string message) { error(service_.pos, prefix(), std::move(message)); }
   bool failed() const { return errors_.size() != errors_at_start_; }
+  std::vector<ConfigError>& errors() { return errors_; }
+  std::vector<ConfigError>& warnings() { return warnings_; }
 
  private:
-  std::string key_prefix() const { return "service[" + std::to_string(service_.index) + "]"; }
-  void add(std::vector<ConfigError>& into, const SourcePos& pos, const char* what,
-           std::string message) {
-    into.push_back({pos, key_prefix() + "." + what, std::move(message)});
-  }
-
   const ServiceConfig& service_;
   std::vector<ConfigError>& errors_;
   std::vector<ConfigError>& warnings_;
   size_t errors_at_start_ = errors_.size();
+  size_t warnings_at_start_ = warnings_.size();
+  size_t urgent_ = 0;  // urgent warnings at the front of this service's block
+};
+
+// Where one certificate/key pair is configured: the service's cert/key keys, or an entry of
+// [[service.certificates]] ("service[0].certificates[1]").
+struct PairSource {
+  std::string cert_file;
+  std::string key_file;
+  SourcePos cert_pos;
+  SourcePos key_pos;
+  std::string prefix;
+};
+
+// Reports the problems of one pair at its cert or key key.
+class Reporter {
+ public:
+  Reporter(ServiceReport& service, const PairSource& source) : service_(service), src_(source) {}
+
+  void cert_error(std::string message) {
+    service_.error(src_.cert_pos, src_.prefix + ".cert", std::move(message));
+  }
+  void key_error(std::string message) {
+    service_.error(src_.key_pos, src_.prefix + ".key", std::move(message));
+  }
+  void cert_warning(std::string message) {
+    service_.warning(src_.cert_pos, src_.prefix + ".cert", std::move(message));
+  }
+  void urgent_cert_warning(std::string message) {
+    service_.urgent_warning(src_.cert_pos, src_.prefix + ".cert", std::move(message));
+  }
+  void key_warning(std::string message) {
+    service_.warning(src_.key_pos, src_.prefix + ".key", std::move(message));
+  }
+
+ private:
+  ServiceReport& service_;
+  const PairSource& src_;
 };
 
 std::string quoted(const std::string& path) {
@@ -346,6 +397,7 @@ bool apply_policy(SSL_CTX* ctx, const std::string& service_name, std::string& wh
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_dh_auto(ctx, 1);  // DHE suites work when `ciphers` asks for them
 
   // Sessions from one service must not resume on another: the context id is derived from the
   // service name (SHA-256 is exactly SSL_MAX_SID_CTX_LENGTH bytes).
@@ -364,6 +416,179 @@ bool apply_policy(SSL_CTX* ctx, const std::string& service_name, std::string& wh
   SSL_CTX_sess_set_cache_size(ctx, kSessionCacheSize);
   SSL_CTX_set_client_hello_cb(ctx, on_client_hello, nullptr);
   return true;
+}
+
+// What OpenSSL keeps one of per context (SSL_PKEY_* slots): a second RSA certificate replaces
+// the first, an ECDSA one sits next to it.
+std::string key_slot(const EVP_PKEY* key) {
+  switch (EVP_PKEY_get_base_id(key)) {
+    case EVP_PKEY_RSA:
+      return "RSA";
+    case EVP_PKEY_RSA_PSS:
+      return "RSA-PSS";
+    case EVP_PKEY_EC:
+      return "EC";
+    default:
+      return EVP_PKEY_get0_type_name(key) != nullptr ? EVP_PKEY_get0_type_name(key) : "?";
+  }
+}
+
+// One loaded certificate/key pair, checked and ready to be put into a context.
+struct LoadedPair {
+  const PairSource* source = nullptr;
+  CertChain chain;
+  EvpPkeyPtr key;
+  CertificateInfo info;
+  std::vector<std::string> names;  // what SNI selects it by
+};
+
+void check_dates(const LoadedPair& pair, Reporter& report, const CertificateInfo& info) {
+  X509* leaf = pair.chain.leaf.get();
+  const std::time_t now = std::time(nullptr);
+  const std::time_t not_before = asn1_time_to_unix(X509_get0_notBefore(leaf));
+  if (info.expired) {
+    report.urgent_cert_warning("certificate expired on " + format_utc(info.not_after));
+  } else if (not_before > now) {
+    report.cert_warning("certificate is not valid before " + format_utc(not_before));
+  } else if (info.not_after - now < kExpiryWarning) {
+    report.cert_warning("certificate expires in " + std::to_string((info.not_after - now) / 86400) +
+                        " days");
+  }
+}
+
+// Each certificate after the leaf must have issued the one before it.
+void check_chain_order(const LoadedPair& pair, Reporter& report) {
+  X509* subject = pair.chain.leaf.get();
+  for (size_t i = 0; i < pair.chain.chain.size(); ++i) {
+    X509* issuer = pair.chain.chain[i].get();
+    if (X509_check_issued(issuer, subject) != X509_V_OK) {
+      report.cert_warning("chain in " + quoted(pair.source->cert_file) +
+                          " is out of order or does not lead to its certificate: certificate " +
+                          std::to_string(i + 2) + " (" +
+                          rfc2253_name(X509_get_subject_name(issuer)) +
+                          ") did not issue certificate " + std::to_string(i + 1) + " (" +
+                          rfc2253_name(X509_get_subject_name(subject)) + ")");
+      return;
+    }
+    subject = issuer;
+  }
+}
+
+// Reads and checks one pair; nullopt (with errors reported) when it cannot be used.
+std::optional<LoadedPair> load_pair(const PairSource& src, Reporter& report) {
+  LoadedPair pair;
+  pair.source = &src;
+  // Load both files first so that a bad cert and a bad key are reported together.
+  std::string cert_pem, why;
+  const bool cert_read = read_whole_file(src.cert_file, cert_pem, why);
+  bool cert_ok = false;
+  if (!cert_read) {
+    report.cert_error("cannot read " + quoted(src.cert_file) + ": " + why);
+  } else {
+    cert_ok = parse_cert_chain(cert_pem, src.cert_file, pair.chain, report);
+  }
+
+  if (src.key_file == src.cert_file) {
+    // Same file: an unreadable file was reported once, for the cert.
+    if (cert_read) pair.key = parse_private_key(cert_pem, src.key_file, report);
+  } else {
+    std::string key_pem;
+    if (!read_whole_file(src.key_file, key_pem, why)) {
+      report.key_error("cannot read " + quoted(src.key_file) + ": " + why);
+    } else {
+      pair.key = parse_private_key(key_pem, src.key_file, report);
+    }
+  }
+  bool key_ok = false;
+  if (pair.key) {
+    key_ok = true;
+    check_key_permissions(src.key_file, report);
+  }
+  if (!cert_ok || !key_ok) return std::nullopt;
+
+  ERR_clear_error();
+  if (X509_check_private_key(pair.chain.leaf.get(), pair.key.get()) != 1) {
+    ERR_clear_error();
+    report.key_error("private key does not match the certificate");
+    return std::nullopt;
+  }
+
+  X509* leaf = pair.chain.leaf.get();
+  pair.info.subject = rfc2253_name(X509_get_subject_name(leaf));
+  pair.info.sans = subject_alt_names(leaf);
+  pair.info.not_after = asn1_time_to_unix(X509_get0_notAfter(leaf));
+  pair.info.key_type = key_type_name(X509_get0_pubkey(leaf));
+  pair.info.expired = pair.info.not_after < std::time(nullptr);
+  pair.names = certificate_dns_names(leaf);
+  check_dates(pair, report, pair.info);
+  check_chain_order(pair, report);
+  ERR_clear_error();
+  return pair;
+}
+
+// Puts a pair into `ctx`; a context holds one pair per key slot.
+bool use_pair(SSL_CTX* ctx, LoadedPair& pair, Reporter& report) {
+  ERR_clear_error();
+  if (SSL_CTX_use_certificate(ctx, pair.chain.leaf.get()) != 1) {
+    report.cert_error("cannot use the certificate: " + drain_openssl_errors());
+    return false;
+  }
+  for (auto& extra : pair.chain.chain) {
+    ERR_clear_error();
+    if (SSL_CTX_add1_chain_cert(ctx, extra.get()) != 1) {
+      report.cert_error("cannot use a chain certificate: " + drain_openssl_errors());
+      return false;
+    }
+  }
+  ERR_clear_error();
+  if (SSL_CTX_use_PrivateKey(ctx, pair.key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+    report.key_error("cannot use the private key: " + drain_openssl_errors());
+    return false;
+  }
+  return true;
+}
+
+// A fresh server context with ferry's defaults, service.tls, client authentication and ticket
+// keys. Errors are reported only with `report` (the first, main context).
+SslCtxPtr make_context(const ServiceConfig& service, const std::string* alpn,
+                       ServiceReport* report) {
+  ERR_clear_error();
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  std::string why;
+  if (!ctx) {
+    if (report != nullptr)
+      report->service_error("cannot create a TLS context: " + drain_openssl_errors());
+    return nullptr;
+  }
+  if (!apply_policy(ctx.get(), service.name, why)) {
+    if (report != nullptr) report->service_error("cannot apply the TLS policy: " + why);
+    return nullptr;
+  }
+  if (!apply_tls_policy_keys(ctx.get(), service, alpn,
+                             report != nullptr ? &report->errors() : nullptr)) {
+    return nullptr;
+  }
+  std::vector<ConfigError> errors, warnings;
+  std::vector<ConfigError>& errs = report != nullptr ? report->errors() : errors;
+  std::vector<ConfigError>& warns = report != nullptr ? report->warnings() : warnings;
+  bool ok = configure_client_auth(ctx.get(), service, errs, warns);
+  ok = configure_session_tickets(ctx.get(), service, errs, warns) && ok;
+  ERR_clear_error();
+  return ok ? std::move(ctx) : nullptr;
+}
+
+// Pairs with the same names share a context, one per key type; the first group is the
+// service's own certificate (the default).
+struct PairGroup {
+  std::vector<std::string> names;  // sorted
+  std::vector<LoadedPair*> pairs;
+  SslCtxPtr ctx;
+};
+
+std::vector<std::string> sorted(std::vector<std::string> names) {
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
 }
 
 }  // namespace
@@ -387,91 +612,85 @@ bool client_hello_seen(const SSL* ssl) {
 std::optional<ServerTlsContext> build_server_tls_context(const ServiceConfig& service,
                                                          std::vector<ConfigError>& errors,
                                                          std::vector<ConfigError>& warnings) {
-  Reporter report(service, errors, warnings);
-  const std::string& key_path = service.key_file.empty() ? service.cert_file : service.key_file;
+  ServiceReport report(service, errors, warnings);
+  const TlsPolicy& tls = service.tls;
 
-  // Load both files first so that a bad cert and a bad key are reported together.
-  CertChain chain;
-  std::string cert_pem, why;
-  const bool cert_read = read_whole_file(service.cert_file, cert_pem, why);
-  bool cert_ok = false;
-  if (!cert_read) {
-    report.cert_error("cannot read " + quoted(service.cert_file) + ": " + why);
-  } else {
-    cert_ok = parse_cert_chain(cert_pem, service.cert_file, chain, report);
+  // Every pair is loaded and checked before giving up, so all their problems are reported.
+  std::vector<PairSource> sources;
+  sources.push_back({service.cert_file,
+                     service.key_file.empty() ? service.cert_file : service.key_file,
+                     service.cert_pos, service.key_pos, report.prefix()});
+  for (size_t i = 0; i < tls.certificates.size(); ++i) {
+    const CertificateConfig& c = tls.certificates[i];
+    sources.push_back({c.cert_file, c.key_file.empty() ? c.cert_file : c.key_file, c.cert_pos,
+                       c.key_pos, report.prefix() + ".certificates[" + std::to_string(i) + "]"});
   }
+  std::vector<std::optional<LoadedPair>> pairs;
+  for (const PairSource& src : sources) {
+    Reporter pair_report(report, src);
+    pairs.push_back(load_pair(src, pair_report));
+  }
+  if (report.failed()) return std::nullopt;
 
-  EvpPkeyPtr key;
-  if (key_path == service.cert_file) {
-    // Same file: an unreadable file was reported once, for the cert.
-    if (cert_read) key = parse_private_key(cert_pem, key_path, report);
-  } else {
-    std::string key_pem;
-    if (!read_whole_file(key_path, key_pem, why)) {
-      report.key_error("cannot read " + quoted(key_path) + ": " + why);
-    } else {
-      key = parse_private_key(key_pem, key_path, report);
+  // Group by name set; the service's own pair starts the first (default) group.
+  std::vector<PairGroup> groups;
+  for (auto& pair : pairs) {
+    std::vector<std::string> names = sorted(pair->names);
+    auto group = std::find_if(groups.begin(), groups.end(),
+                              [&](const PairGroup& g) { return g.names == names; });
+    if (group == groups.end()) {
+      groups.push_back({std::move(names), {}, nullptr});
+      group = groups.end() - 1;
     }
+    for (const LoadedPair* other : group->pairs) {
+      if (key_slot(other->key.get()) == key_slot(pair->key.get())) {
+        Reporter(report, *pair->source)
+            .cert_error("same names and key type (" + key_slot(pair->key.get()) + ") as " +
+                        other->source->prefix + ".cert: one would replace the other");
+      }
+    }
+    group->pairs.push_back(&*pair);
   }
-  if (key) check_key_permissions(key_path, report);
-  if (!cert_ok || !key) return std::nullopt;
+  if (report.failed()) return std::nullopt;
 
-  ERR_clear_error();
-  if (X509_check_private_key(chain.leaf.get(), key.get()) != 1) {
-    ERR_clear_error();
-    report.key_error("private key does not match the certificate");
-    return std::nullopt;
-  }
-
-  ERR_clear_error();
-  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
-  if (!ctx) {
-    report.service_error("cannot create a TLS context: " + drain_openssl_errors());
-    return std::nullopt;
-  }
-  if (!apply_policy(ctx.get(), service.name, why)) {
-    report.service_error("cannot apply the TLS policy: " + why);
-    return std::nullopt;
-  }
-
-  ERR_clear_error();
-  if (SSL_CTX_use_certificate(ctx.get(), chain.leaf.get()) != 1) {
-    report.cert_error("cannot use the certificate: " + drain_openssl_errors());
-    return std::nullopt;
-  }
-  for (auto& extra : chain.chain) {
-    ERR_clear_error();
-    if (SSL_CTX_add0_chain_cert(ctx.get(), extra.get()) != 1) {
-      report.cert_error("cannot use a chain certificate: " + drain_openssl_errors());
+  ServerTlsContext result;
+  if (!tls.alpn.empty()) result.alpn = std::make_unique<std::string>(alpn_wire(tls.alpn));
+  std::vector<LoadedPair*> all;
+  for (PairGroup& group : groups) {
+    // Policy problems are reported once, for the main context; the others then succeed too.
+    group.ctx = make_context(service, result.alpn.get(), groups.front().ctx ? nullptr : &report);
+    if (!group.ctx) {
+      if (!report.failed()) report.service_error("cannot build a TLS context for SNI");
       return std::nullopt;
     }
-    extra.release();  // owned by ctx now
+    for (LoadedPair* pair : group.pairs) {
+      Reporter pair_report(report, *pair->source);
+      if (!use_pair(group.ctx.get(), *pair, pair_report)) return std::nullopt;
+      all.push_back(pair);
+    }
   }
-  ERR_clear_error();
-  if (SSL_CTX_use_PrivateKey(ctx.get(), key.get()) != 1 ||
-      SSL_CTX_check_private_key(ctx.get()) != 1) {
-    report.key_error("cannot use the private key: " + drain_openssl_errors());
-    return std::nullopt;
+  bool rsa = false, ecdsa = false;
+  for (const LoadedPair* pair : all) {
+    const std::string slot = key_slot(pair->key.get());
+    rsa = rsa || slot == "RSA" || slot == "RSA-PSS";
+    ecdsa = ecdsa || (slot != "RSA" && slot != "RSA-PSS");
   }
-
-  CertificateInfo info;
-  X509* leaf = chain.leaf.get();
-  info.subject = rfc2253_name(X509_get_subject_name(leaf));
-  info.sans = subject_alt_names(leaf);
-  info.not_after = asn1_time_to_unix(X509_get0_notAfter(leaf));
-  info.key_type = key_type_name(X509_get0_pubkey(leaf));
-  std::time_t now = std::time(nullptr);
-  std::time_t not_before = asn1_time_to_unix(X509_get0_notBefore(leaf));
-  if (info.not_after < now) {
-    info.expired = true;
-    report.cert_warning("certificate expired on " + format_utc(info.not_after));
-  } else if (not_before > now) {
-    report.cert_warning("certificate is not valid before " + format_utc(not_before));
-  }
-  ERR_clear_error();
-
+  check_tls12_ciphers(groups.front().ctx.get(), service, rsa, ecdsa, errors, warnings);
   if (report.failed()) return std::nullopt;
-  return ServerTlsContext{std::move(ctx), std::move(info)};
+
+  result.ctx = std::move(groups.front().ctx);
+  result.cert = std::move(pairs.front()->info);
+  for (size_t i = 1; i < pairs.size(); ++i) result.extra_certs.push_back(std::move(pairs[i]->info));
+  if (groups.size() > 1) {
+    result.sni = std::make_unique<SniSelector>();
+    result.sni->add(result.ctx.get(), groups.front().names);
+    for (size_t i = 1; i < groups.size(); ++i) {
+      result.sni->add(groups[i].ctx.get(), groups[i].names);
+      result.sni_contexts.push_back(std::move(groups[i].ctx));
+    }
+    SSL_CTX_set_client_hello_cb(result.ctx.get(), on_client_hello, result.sni.get());
+  }
+  return result;
 }
 
 }  // namespace ferry

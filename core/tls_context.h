@@ -2,12 +2,14 @@
 // Building server-side SSL_CTXs from a ServiceConfig: the one place TLS policy is decided.
 
 #include <ctime>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "config/config.h"
 #include "core/openssl_ptr.h"
+#include "core/sni_selector.h"
 
 namespace ferry {
 
@@ -20,17 +22,27 @@ struct CertificateInfo {
 };
 
 struct ServerTlsContext {
-  SslCtxPtr ctx;
+  SslCtxPtr ctx;  // the default: the service's cert (and extra pairs for the same names)
   CertificateInfo cert;
+  std::vector<CertificateInfo> extra_certs;  // [[service.certificates]], in config order
+  // Contexts chosen by SNI (same policy as `ctx`) and what the callbacks installed on every
+  // context point at: all kept alive as long as `ctx`. Null / empty when not configured.
+  std::vector<SslCtxPtr> sni_contexts;
+  std::unique_ptr<SniSelector> sni;
+  std::unique_ptr<std::string> alpn;  // server preference, ALPN wire format
 };
 
 // Loads cert chain and key, checks they match, applies ferry's default policy (TLS 1.2+,
-// ECDHE+AEAD for 1.2, server preference, no compression, no renegotiation, tickets + cache).
+// ECDHE+AEAD for 1.2, server preference, no compression, no renegotiation, tickets + cache)
+// and then service.tls (versions, ciphers, groups, ALPN, padding, client auth, ticket keys).
+// Extra [[service.certificates]] are loaded with the same checks and chosen by SNI.
+// Warnings: expired / not yet valid / expiring within 30 days, chains out of order, weak
+// cipher suites asked for explicitly.
 // Problems are appended to `errors` / `warnings` with the positions of the service's cert/key
 // keys; returns nullopt if there was any error.
 std::optional<ServerTlsContext> build_server_tls_context(const ServiceConfig& service,
-                                                        std::vector<ConfigError>& errors,
-                                                        std::vector<ConfigError>& warnings);
+                                                         std::vector<ConfigError>& errors,
+                                                         std::vector<ConfigError>& warnings);
 
 // ex_data index on SSL objects, set to non-null by the ClientHello callback once a ClientHello
 // was parsed. The handshake-failure classifier uses it to tell "not TLS at all" apart.

@@ -14,6 +14,17 @@ std::string iso_time(std::time_t t) {
   return buf;
 }
 
+void print_certificate(const CertificateInfo& cert, std::time_t now, std::FILE* out) {
+  std::fprintf(out, "  certificate: subject %s\n", cert.subject.c_str());
+  std::string sans;
+  for (const std::string& san : cert.sans) sans += (sans.empty() ? "" : ", ") + san;
+  std::fprintf(out, "  SANs: %s\n", sans.empty() ? "(none)" : sans.c_str());
+  const long days = static_cast<long>((cert.not_after - now) / 86400);
+  std::fprintf(out, "  expires: %s (%s%ld days)\n", iso_time(cert.not_after).c_str(),
+               cert.expired ? "EXPIRED " : "", days);
+  std::fprintf(out, "  key: %s\n", cert.key_type.c_str());
+}
+
 }  // namespace
 
 void print_summary(const Runtime& runtime, std::FILE* out) {
@@ -25,19 +36,23 @@ void print_summary(const Runtime& runtime, std::FILE* out) {
   if (c.metrics) std::fprintf(out, "metrics: http://%s/metrics\n", c.metrics->listen.str().c_str());
   const std::time_t now = std::time(nullptr);
   for (const ServiceRuntime& s : runtime.services) {
-    const CertificateInfo& cert = s.tls->cert;
-    const std::string accept =
-        s.config.accept_systemd.empty() ? s.config.accept.str() : "systemd:" + s.config.accept_systemd;
-    std::fprintf(out, "service %s: server, accept %s, connect %s\n", s.config.name.c_str(),
-                 accept.c_str(), s.config.connect.str().c_str());
-    std::fprintf(out, "  certificate: subject %s\n", cert.subject.c_str());
-    std::string sans;
-    for (const std::string& san : cert.sans) sans += (sans.empty() ? "" : ", ") + san;
-    std::fprintf(out, "  SANs: %s\n", sans.empty() ? "(none)" : sans.c_str());
-    const long days = static_cast<long>((cert.not_after - now) / 86400);
-    std::fprintf(out, "  expires: %s (%s%ld days)\n", iso_time(cert.not_after).c_str(),
-                 cert.expired ? "EXPIRED " : "", days);
-    std::fprintf(out, "  key: %s\n", cert.key_type.c_str());
+    const std::string accept = s.config.accept_systemd.empty()
+                                   ? s.config.accept.str()
+                                   : "systemd:" + s.config.accept_systemd;
+    const bool client = s.config.mode == ServiceMode::client;
+    std::fprintf(out, "service %s: %s, accept %s, connect %s\n", s.config.name.c_str(),
+                 client ? "client" : "server", accept.c_str(), s.config.connect.str().c_str());
+    if (client) {
+      const TlsPolicy& t = s.config.tls;
+      std::fprintf(out, "  upstream: server_name %s, verify %s, trust %s\n", t.server_name.c_str(),
+                   t.verify ? "on" : "OFF", t.ca.empty() ? "system store" : t.ca.c_str());
+      if (!s.config.cert_file.empty()) {
+        std::fprintf(out, "  client certificate: %s\n", s.config.cert_file.c_str());
+      }
+      continue;
+    }
+    print_certificate(s.tls->cert, now, out);
+    for (const CertificateInfo& extra : s.tls->extra_certs) print_certificate(extra, now, out);
   }
 }
 

@@ -46,6 +46,16 @@ void check_table(std::initializer_list<Case> cases) {
   }
 }
 
+// A client-mode [[service]] on lines 1-5, then `extra` from line 6.
+std::string client_with(const char* extra) {
+  return std::string(R"([[service]]
+name = "out"
+mode = "client"
+accept = "127.0.0.1:2525"
+connect = "mail.example.com:465"
+)") + extra;
+}
+
 // A valid [[service]] on lines 1-5, then `extra` from line 6.
 std::string web_with(const char* extra) {
   return with_web("") + extra;
@@ -292,15 +302,26 @@ workers = 2
   });
 }
 
-TEST_CASE("loader: client mode is not supported yet") {
-  check_table({
-      {R"([[service]]
-name = "web"
+TEST_CASE("loader: client mode loads; a bad mode is an error") {
+  const auto result = load_config_string(R"([[service]]
+name = "smtp-out"
 mode = "client"
-accept = "127.0.0.1:8080"
-connect = "example.com:443"
+accept = "127.0.0.1:2525"
+connect = "mail.example.com:465"
+ca = "upstream-ca.pem"
+alpn = ["smtp"]
 )",
-       "t.toml:3:8: service[0].mode: client mode is not supported yet\n"},
+                                         "/etc/ferry/t.toml");
+  CHECK(result.errors.empty());
+  REQUIRE(result.config);
+  const ferry::ServiceConfig& out = result.config->services.at(0);
+  CHECK(out.mode == ferry::ServiceMode::client);
+  CHECK(out.cert_file.empty());
+  CHECK(out.tls.server_name == "mail.example.com");  // the host part of connect
+  CHECK(out.tls.ca == "/etc/ferry/upstream-ca.pem");
+  CHECK(out.tls.verify);
+  CHECK(out.tls.alpn == std::vector<std::string>{"smtp"});
+  check_table({
       {R"([[service]]
 name = "web"
 mode = "proxy"
@@ -310,6 +331,169 @@ cert = "web.crt"
 )",
        "t.toml:3:8: service[0].mode: bad mode \"proxy\" (use server or client)\n"},
   });
+}
+
+TEST_CASE("loader: TLS versions and cipher lists") {
+  check_table({
+      {web_with(R"(min_version = "1.1"
+max_version = 1.3
+)"),
+       "t.toml:6:15: service[0].min_version: bad TLS version \"1.1\" (use \"1.2\" or \"1.3\")\n"
+       "t.toml:7:15: service[0].max_version: expected a string, got float\n"},
+      {web_with(R"(min_version = "1.3"
+max_version = "1.2"
+)"),
+       "t.toml:6:15: service[0].min_version: is above max_version\n"},
+      {web_with(R"(ciphers = ""
+ciphersuites = ""
+groups = ""
+)"),
+       "t.toml:6:11: service[0].ciphers: must not be empty\n"
+       "t.toml:7:16: service[0].ciphersuites: must not be empty\n"
+       "t.toml:8:10: service[0].groups: must not be empty\n"},
+      {web_with(R"(min_version = "1.3"
+max_version = "1.3"
+ciphers = "ECDHE+AESGCM"
+ciphersuites = "TLS_AES_128_GCM_SHA256"
+groups = "X25519:P-256"
+)"),
+       ""},
+  });
+}
+
+TEST_CASE("loader: alpn is a list of non-empty strings of at most 255 bytes") {
+  const std::string long_name(256, 'a');
+  check_table({
+      {web_with(R"(alpn = "h2"
+)"),
+       "t.toml:6:8: service[0].alpn: expected an array of strings, got string\n"},
+      {web_with(R"(alpn = ["h2", "", 2]
+)"),
+       "t.toml:6:15: service[0].alpn[1]: must not be empty\n"
+       "t.toml:6:19: service[0].alpn[2]: expected a string, got integer\n"},
+      {web_with(("alpn = [\"h2\", \"" + long_name + "\"]\n").c_str()),
+       "t.toml:6:8: service[0].alpn[1]: longer than 255 bytes\n"},
+      {web_with(R"(alpn = ["h2", "http/1.1"]
+)"),
+       ""},
+  });
+}
+
+TEST_CASE("loader: keys of one mode are errors in the other") {
+  check_table({
+      {web_with(R"(server_name = "example.com"
+ca = "ca.pem"
+verify = false
+)"),
+       "t.toml:6:15: service[0].server_name: only for mode = \"client\"\n"
+       "t.toml:7:6: service[0].ca: only for mode = \"client\"\n"
+       "t.toml:8:10: service[0].verify: only for mode = \"client\"\n"},
+      {client_with(R"(client_ca = "clients.pem"
+verify_client = "required"
+crl = "c.crl"
+allow_subjects = ["CN=a"]
+allow_sans = ["a"]
+session_tickets = false
+ticket_key_file = "t.key"
+[[service.certificates]]
+cert = "api.crt"
+)"),
+       "t.toml:6:13: service[0].client_ca: only for mode = \"server\"\n"
+       "t.toml:7:17: service[0].verify_client: only for mode = \"server\"\n"
+       "t.toml:8:7: service[0].crl: only for mode = \"server\"\n"
+       "t.toml:9:18: service[0].allow_subjects: only for mode = \"server\"\n"
+       "t.toml:10:14: service[0].allow_sans: only for mode = \"server\"\n"
+       "t.toml:11:19: service[0].session_tickets: only for mode = \"server\"\n"
+       "t.toml:12:19: service[0].ticket_key_file: only for mode = \"server\"\n"
+       "t.toml:13:1: service[0].certificates: only for mode = \"server\"\n"},
+  });
+}
+
+TEST_CASE("loader: client verification keys need client_ca") {
+  check_table({
+      {web_with(R"(verify_client = "optional"
+)"),
+       "t.toml:6:17: service[0].verify_client: needs client_ca (the CA that signs client "
+       "certificates)\n"},
+      {web_with(R"(verify_client = "sometimes"
+)"),
+       "t.toml:6:17: service[0].verify_client: bad value \"sometimes\" (use none, optional or "
+       "required)\n"},
+      {web_with(R"(crl = "c.crl"
+allow_subjects = ["CN=app1"]
+allow_sans = ["app1.internal"]
+)"),
+       "t.toml:6:7: service[0].crl: needs client_ca (and verify_client other than none)\n"
+       "t.toml:7:18: service[0].allow_subjects: needs client_ca (and verify_client other than "
+       "none)\n"
+       "t.toml:8:14: service[0].allow_sans: needs client_ca (and verify_client other than none)\n"},
+      {web_with(R"(client_ca = "clients.pem"
+verify_client = "none"
+crl = "c.crl"
+)"),
+       "t.toml:8:7: service[0].crl: needs client_ca (and verify_client other than none)\n"},
+      {web_with(R"(client_ca = "clients.pem"
+verify_client = "optional"
+crl = "c.crl"
+allow_subjects = ["CN=app1,O=Acme"]
+allow_sans = ["spiffe://prod/app1"]
+)"),
+       ""},
+  });
+}
+
+TEST_CASE("loader: record_padding and ticket keys") {
+  check_table({
+      {web_with(R"(record_padding = 16385
+)"),
+       "t.toml:6:18: service[0].record_padding: must be between 0 and 16384 (0 = off)\n"},
+      {web_with(R"(record_padding = -1
+)"),
+       "t.toml:6:18: service[0].record_padding: must be between 0 and 16384 (0 = off)\n"},
+      {web_with(R"(record_padding = "64"
+)"),
+       "t.toml:6:18: service[0].record_padding: expected an integer, got string\n"},
+      {web_with(R"(session_tickets = false
+ticket_key_file = "tickets.key"
+)"),
+       "t.toml:7:19: service[0].ticket_key_file: set, but session_tickets = false\n"},
+      {web_with(R"(record_padding = 16384
+ticket_key_file = "tickets.key"
+)"),
+       ""},
+  });
+}
+
+TEST_CASE("loader: [[service.certificates]] entries") {
+  check_table({
+      {web_with(R"([[service.certificates]]
+key = "api.key"
+[[service.certificates]]
+cert = "www.crt"
+chain = "x.pem"
+)"),
+       "t.toml:6:1: service[0].certificates[0].cert: missing required key\n"
+       "t.toml:10:1: service[0].certificates[1].chain: unknown key\n"},
+      {web_with(R"(certificates = "api.crt"
+)"),
+       "t.toml:6:16: service[0].certificates: expected an array of tables "
+       "([[service.certificates]]), got string\n"},
+  });
+  const auto result = load_config_string(web_with(R"([[service.certificates]]
+cert = "api.crt"
+[[service.certificates]]
+cert = "www.crt"
+key = "www.key"
+)"),
+                                         "/etc/ferry/t.toml");
+  REQUIRE(result.config);
+  const auto& certs = result.config->services.at(0).tls.certificates;
+  REQUIRE(certs.size() == 2);
+  CHECK(certs[0].cert_file == "/etc/ferry/api.crt");
+  CHECK(certs[0].key_file == "/etc/ferry/api.crt");
+  CHECK(certs[0].cert_pos.line == 7);
+  CHECK(certs[1].key_file == "/etc/ferry/www.key");
+  CHECK(certs[1].key_pos.line == 10);
 }
 
 TEST_CASE("loader: log_level must be a known level") {

@@ -131,6 +131,42 @@ inline std::string to_encrypted_pem(EVP_PKEY* key, const std::string& passphrase
   return bio_to_string(bio.get());
 }
 
+using X509CrlPtr = std::unique_ptr<X509_CRL, Free<X509_CRL_free>>;
+
+// A CRL issued by `ca` (signed with `ca_key`) listing `revoked` by serial number. Times are Unix
+// times; the CRL is current by default.
+inline X509CrlPtr make_crl(X509* ca, EVP_PKEY* ca_key, const std::vector<X509*>& revoked,
+                           std::time_t last_update = std::time(nullptr) - 3600,
+                           std::time_t next_update = std::time(nullptr) + 7 * 86400) {
+  X509CrlPtr crl(X509_CRL_new());
+  if (!crl) throw std::runtime_error("X509_CRL_new failed");
+  using AsnTimePtr = std::unique_ptr<ASN1_TIME, Free<ASN1_TIME_free>>;
+  AsnTimePtr last(ASN1_TIME_set(nullptr, last_update));
+  AsnTimePtr next(ASN1_TIME_set(nullptr, next_update));
+  bool ok = last && next && X509_CRL_set_version(crl.get(), 1) == 1 &&
+            X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(ca)) == 1 &&
+            X509_CRL_set1_lastUpdate(crl.get(), last.get()) == 1 &&
+            X509_CRL_set1_nextUpdate(crl.get(), next.get()) == 1;
+  for (X509* cert : revoked) {
+    if (!ok) break;
+    X509_REVOKED* entry = X509_REVOKED_new();
+    ok = entry != nullptr &&
+         X509_REVOKED_set_serialNumber(entry, X509_get_serialNumber(cert)) == 1 &&
+         X509_REVOKED_set_revocationDate(entry, last.get()) == 1 &&
+         X509_CRL_add0_revoked(crl.get(), entry) == 1;
+    if (!ok) X509_REVOKED_free(entry);
+  }
+  ok = ok && X509_CRL_sort(crl.get()) == 1 && X509_CRL_sign(crl.get(), ca_key, EVP_sha256()) > 0;
+  if (!ok) throw std::runtime_error("making the CRL failed");
+  return crl;
+}
+
+inline std::string to_pem(X509_CRL* crl) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio || PEM_write_bio_X509_CRL(bio.get(), crl) != 1) throw std::runtime_error("PEM CRL");
+  return bio_to_string(bio.get());
+}
+
 // A fresh directory under the system temp dir, removed with everything in it on destruction.
 class TempDir {
  public:

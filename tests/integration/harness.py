@@ -197,6 +197,114 @@ class Certs:
              "-enddate", "20200201000000Z", "-notext"])
 
 
+_PKI_CNF = """\
+[ca]
+default_ca = CA_default
+[CA_default]
+dir = {d}
+database = {d}/index.txt
+new_certs_dir = {d}/new
+serial = {d}/serial
+crlnumber = {d}/crlnumber
+default_md = sha256
+default_days = 365
+default_crl_days = 30
+policy = pol
+copy_extensions = copy
+unique_subject = no
+[pol]
+countryName = optional
+organizationName = optional
+organizationalUnitName = optional
+commonName = optional
+"""
+
+
+class Pki:
+    """A CA (EC P-256) issuing leaf certificates with the openssl CLI, and its CRL.
+
+    pki = Pki(dir, "ca")                 # pki.ca_crt / pki.ca_key
+    crt, key = pki.issue("a", sans=["DNS:a.test"])            # server leaf, CN=a.test by default
+    crt, key = pki.issue("app1", subject="/O=Acme/CN=app1",   # -> "CN=app1,O=Acme" (RFC 2253)
+                         sans=["URI:spiffe://prod/app1"])
+    crt, key = pki.issue("old", start="20200101000000Z", end="20200201000000Z")  # expired
+    pki.revoke(crt); crl = pki.crl()     # PEM CRL signed by the CA (`openssl ca -gencrl`)
+    """
+
+    def __init__(self, dir, name="ca", cn=None):
+        self.dir = os.path.join(dir, f"pki-{name}")
+        self.name = name
+        os.makedirs(os.path.join(self.dir, "new"))
+        open(os.path.join(self.dir, "index.txt"), "w").close()
+        with open(os.path.join(self.dir, "serial"), "w") as f:
+            f.write("1000\n")
+        with open(os.path.join(self.dir, "crlnumber"), "w") as f:
+            f.write("01\n")
+        self.cnf = os.path.join(self.dir, "ca.cnf")
+        with open(self.cnf, "w") as f:
+            f.write(_PKI_CNF.format(d=self.dir))
+        self.ca_crt = os.path.join(self.dir, "ca.crt")
+        self.ca_key = os.path.join(self.dir, "ca.key")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", self.ca_key, "-out", self.ca_crt, "-days", "3650",
+             "-subj", f"/CN={cn or f'ferry test CA {name}'}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+
+    def issue(self, name, subject=None, sans=None, key="ec", start=None, end=None, days=365,
+              extensions=()):
+        """A leaf signed by this CA; returns (crt, key) paths. key: "ec" (P-256) or "rsa"
+        (2048). sans: e.g. ["DNS:a.test", "IP:127.0.0.1", "URI:spiffe://prod/app1"]; default
+        DNS:<name>. subject: an openssl -subj string; default /CN=<first DNS SAN or name>.
+        extensions: more -addext values, e.g. ["extendedKeyUsage=clientAuth"]."""
+        sans = list(sans) if sans is not None else [f"DNS:{name}"]
+        if subject is None:
+            dns = [x[4:] for x in sans if x.startswith("DNS:")]
+            subject = f"/CN={dns[0] if dns else name}"
+        crt = os.path.join(self.dir, f"{name}.crt")
+        keyf = os.path.join(self.dir, f"{name}.key")
+        csr = os.path.join(self.dir, f"{name}.csr")
+        newkey = (["-newkey", "rsa:2048"] if key == "rsa" else
+                  ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        ext = ["-addext", "basicConstraints=critical,CA:FALSE"]
+        for e in extensions:
+            ext += ["-addext", e]
+        if sans:
+            ext += ["-addext", "subjectAltName=" + ",".join(sans)]
+        run(["openssl", "req", "-new", *newkey, "-nodes", "-keyout", keyf, "-out", csr,
+             "-subj", subject, *ext])
+        dates = (["-startdate", start, "-enddate", end] if start or end else
+                 ["-days", str(days)])
+        run(["openssl", "ca", "-batch", "-config", self.cnf, "-cert", self.ca_crt,
+             "-keyfile", self.ca_key, "-in", csr, "-out", crt, "-preserveDN", "-notext",
+             *dates])
+        return crt, keyf
+
+    def revoke(self, crt):
+        run(["openssl", "ca", "-batch", "-config", self.cnf, "-cert", self.ca_crt,
+             "-keyfile", self.ca_key, "-revoke", crt])
+
+    def crl(self, name="crl.pem"):
+        out = os.path.join(self.dir, name)
+        run(["openssl", "ca", "-batch", "-config", self.cnf, "-cert", self.ca_crt,
+             "-keyfile", self.ca_key, "-gencrl", "-out", out])
+        return out
+
+
+def rfc2253_subject(crt):
+    """The subject as `openssl x509 -noout -subject -nameopt RFC2253` prints it (no prefix)."""
+    out = run(["openssl", "x509", "-in", crt, "-noout", "-subject", "-nameopt", "RFC2253"])
+    return out.stdout.decode().strip().removeprefix("subject=")
+
+
+def cert_der(crt):
+    """The DER bytes of the first certificate of a PEM file (to compare with getpeercert)."""
+    with open(crt) as f:
+        pem = f.read()
+    end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):end])
+
+
 def cert_not_after(crt):
     """notAfter of a PEM certificate as Unix time (via `openssl x509 -enddate`)."""
     out = run(["openssl", "x509", "-in", crt, "-noout", "-enddate"]).stdout.decode().strip()
@@ -533,15 +641,42 @@ def toml_str(s):
 def toml_value(v):
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return str(v) if isinstance(v, int) else toml_str(v)
 
 
-def service(name, accept_port, connect_port, cert, key=None, **extra):
-    """A [[service]] table as a dict, in the order it is written."""
+def _is_table_array(v):
+    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def service(name, accept_port, connect_port, cert, key=None, tls=None, **extra):
+    """A [[service]] table as a dict, in the order it is written.
+
+    tls: more keys as a dict, e.g. {"min_version": "1.3", "alpn": ["h2", "http/1.1"],
+    "certificates": [{"cert": a_crt, "key": a_key}, ...]}. A list of dicts is written as
+    [[service.KEY]] sub-tables after the plain keys; other lists as TOML arrays.
+    """
     d = {"name": name, "accept": f"127.0.0.1:{accept_port}",
          "connect": f"127.0.0.1:{connect_port}", "cert": cert}
     if key is not None:
         d["key"] = key
+    d.update(tls or {})
+    d.update(extra)
+    return d
+
+
+def client_service(name, accept_port, connect_port, server_name=None, ca=None, verify=None,
+                   cert=None, key=None, connect_host="127.0.0.1", tls=None, **extra):
+    """A mode = "client" [[service]]: plaintext on 127.0.0.1:accept_port, TLS to
+    connect_host:connect_port. None leaves a key out (ferry's default applies)."""
+    d = {"name": name, "mode": "client", "accept": f"127.0.0.1:{accept_port}",
+         "connect": f"{connect_host}:{connect_port}"}
+    for k, v in (("server_name", server_name), ("ca", ca), ("verify", verify), ("cert", cert),
+                 ("key", key)):
+        if v is not None:
+            d[k] = v
+    d.update(tls or {})
     d.update(extra)
     return d
 
@@ -557,8 +692,15 @@ def config_text(services, metrics_port=None, workers=1, log_level="info", global
     for s in services:
         lines.append("[[service]]")
         for k, v in s.items():
-            lines.append(f"{k} = {toml_value(v)}")
+            if not _is_table_array(v):
+                lines.append(f"{k} = {toml_value(v)}")
         lines.append("")
+        for k, v in s.items():
+            if _is_table_array(v):
+                for sub in v:
+                    lines.append(f"[[service.{k}]]")
+                    lines += [f"{sk} = {toml_value(sv)}" for sk, sv in sub.items()]
+                    lines.append("")
     return "\n".join(lines)
 
 

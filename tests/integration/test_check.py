@@ -190,20 +190,21 @@ def check_all_errors_at_once():
 
 @S.test
 def check_more_errors_at_once():
-    """Duplicate accept address, client mode, a missing required key: positions and keys."""
+    """Duplicate accept address, a key of the other mode, a missing required key: positions and
+    keys."""
     text = (BAD_SERVICE.format(name="web", port=8443, cert=certs.ec_crt, key=certs.ec_key)
             + "\n" + BAD_SERVICE.format(name="api", port=8443, cert=certs.ec_crt,
                                         key=certs.ec_key)
             + '\n[[service]]\nname = "cli"\nmode = "client"\naccept = "127.0.0.1:8445"\n'
-            + f'cert = "{certs.ec_crt}"\nkey = "{certs.ec_key}"\n')
+            + f'cert = "{certs.ec_crt}"\nkey = "{certs.ec_key}"\nclient_ca = "{certs.ec_crt}"\n')
     path = write("more.toml", text)
     lines = text.splitlines()
     dup_line = [i for i, l in enumerate(lines, 1) if l == 'accept = "127.0.0.1:8443"'][1]
     header3 = [i for i, l in enumerate(lines, 1) if l == "[[service]]"][2]
-    mode_line = lines.index('mode = "client"') + 1
+    ca_line = [i for i, l in enumerate(lines, 1) if l.startswith("client_ca = ")][0]
     check_errors(ferry("--check", "--config", path), path, [
         (dup_line, 10, "service[1].accept", r"(?i)duplicate"),
-        (mode_line, 8, "service[2].mode", r"(?i)client"),
+        (ca_line, 13, "service[2].client_ca", r'only for mode = "server"'),
         (header3, 1, "service[2].connect", r"(?i)required"),
     ])
 

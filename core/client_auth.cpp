@@ -1,15 +1,11 @@
 #include "core/client_auth.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -21,11 +17,10 @@
 #include <openssl/x509v3.h>
 
 #include "core/openssl_ptr.h"
+#include "core/pem.h"
 
 namespace ferry {
 namespace {
-
-constexpr size_t kMaxPemFileSize = 16 * 1024 * 1024;
 
 using X509StorePtr = std::unique_ptr<X509_STORE, Free<X509_STORE_free>>;
 using X509CrlPtr = std::unique_ptr<X509_CRL, Free<X509_CRL_free>>;
@@ -38,56 +33,8 @@ struct NameStackFree {
 };
 using NameStackPtr = std::unique_ptr<STACK_OF(X509_NAME), NameStackFree>;
 
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-// Reads a whole (small) file. On failure returns false and sets `why` to the strerror() text.
-bool read_whole_file(const std::string& path, std::string& out, std::string& why) {
-  FdCloser file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (file.fd < 0) {
-    why = std::strerror(errno);
-    return false;
-  }
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(file.fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      why = std::strerror(errno);
-      return false;
-    }
-    if (n == 0) return true;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > kMaxPemFileSize) {
-      why = "file too large";
-      return false;
-    }
-  }
-}
-
 int compare_names(const X509_NAME* const* a, const X509_NAME* const* b) {
   return X509_NAME_cmp(*a, *b);
-}
-
-std::string quoted(const std::string& path) {
-  return "\"" + path + "\"";
-}
-
-bool ends_with_no_start_line() {
-  unsigned long err = ERR_peek_last_error();
-  return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
-}
-
-std::string rfc2253_name(const X509_NAME* name) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253) < 0) return {};
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return len > 0 ? std::string(data, static_cast<size_t>(len)) : std::string();
 }
 
 std::string_view asn1_view(const ASN1_STRING* s) {
@@ -237,7 +184,7 @@ int verify_client_cert(int preverify_ok, X509_STORE_CTX* store) {
 // Returns an empty string or the error message.
 std::string load_cas(const std::string& pem, const std::string& path, X509_STORE* store,
                      STACK_OF(X509_NAME) * names) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  BioPtr bio = memory_bio(pem);
   if (!bio) return "cannot parse " + quoted(path) + ": " + drain_openssl_errors();
   int count = 0;
   for (;;) {
@@ -257,7 +204,7 @@ std::string load_cas(const std::string& pem, const std::string& path, X509_STORE
       }
     }
   }
-  if (!ends_with_no_start_line()) {
+  if (!queue_ends_with_no_start_line()) {
     return "cannot parse " + quoted(path) + ": " + drain_openssl_errors();
   }
   ERR_clear_error();
@@ -267,7 +214,7 @@ std::string load_cas(const std::string& pem, const std::string& path, X509_STORE
 
 // Loads every CRL of `pem` into `store`. Returns an empty string or the error message.
 std::string load_crls(const std::string& pem, const std::string& path, X509_STORE* store) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  BioPtr bio = memory_bio(pem);
   if (!bio) return "cannot parse " + quoted(path) + ": " + drain_openssl_errors();
   int count = 0;
   for (;;) {
@@ -279,7 +226,7 @@ std::string load_crls(const std::string& pem, const std::string& path, X509_STOR
       return "cannot use a CRL of " + quoted(path) + ": " + drain_openssl_errors();
     }
   }
-  if (!ends_with_no_start_line()) {
+  if (!queue_ends_with_no_start_line()) {
     return "cannot parse " + quoted(path) + ": " + drain_openssl_errors();
   }
   ERR_clear_error();
@@ -335,7 +282,7 @@ bool configure_client_auth(SSL_CTX* ctx, const ServiceConfig& service,
 
   bool ok = true;
   std::string ca_pem, why;
-  if (!read_whole_file(tls.client_ca, ca_pem, why)) {
+  if (!read_pem_file(tls.client_ca, ca_pem, why)) {
     error(tls.client_ca_pos, "client_ca", "cannot read " + quoted(tls.client_ca) + ": " + why);
     ok = false;
   } else if (std::string e = load_cas(ca_pem, tls.client_ca, store.get(), names.get());
@@ -346,7 +293,7 @@ bool configure_client_auth(SSL_CTX* ctx, const ServiceConfig& service,
 
   std::string crl_pem;
   if (!tls.crl.empty()) {
-    if (!read_whole_file(tls.crl, crl_pem, why)) {
+    if (!read_pem_file(tls.crl, crl_pem, why)) {
       error(tls.crl_pos, "crl", "cannot read " + quoted(tls.crl) + ": " + why);
       ok = false;
     } else if (std::string e = load_crls(crl_pem, tls.crl, store.get()); !e.empty()) {

@@ -161,6 +161,37 @@ size_t utf8_sequence(std::string_view s, size_t i) {
 
 constexpr char kHex[] = "0123456789abcdef";
 
+// The escapes JSON strings and quoted text values share: \" \\ \n \r \t, other control
+// characters as `control_prefix` and two hex digits ("\u00" in JSON, "\x" in text), and any
+// other byte as it is.
+void append_escaped(std::string& out, unsigned char c, const char* control_prefix) {
+  switch (c) {
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
+    default:
+      if (c < 0x20 || c == 0x7f) {
+        out += control_prefix;
+        out += kHex[c >> 4];
+        out += kHex[c & 0xf];
+      } else {
+        out += static_cast<char>(c);
+      }
+  }
+}
+
 void append_json_member(std::string& out, const char* key, std::string_view value) {
   out += ",\"";
   out += key;
@@ -342,36 +373,12 @@ void append_json_string(std::string& out, std::string_view s) {
       }
       continue;
     }
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 0xf];
-        } else {
-          out += static_cast<char>(c);
-        }
+    if (c == '\b') {
+      out += "\\b";
+    } else if (c == '\f') {
+      out += "\\f";
+    } else {
+      append_escaped(out, c, "\\u00");
     }
     ++i;
   }
@@ -393,32 +400,7 @@ void append_text_value(std::string& out, std::string_view s) {
   }
   out += '"';
   for (const char ch : s) {
-    const unsigned char c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          out += "\\x";
-          out += kHex[c >> 4];
-          out += kHex[c & 0xf];
-        } else {
-          out += ch;
-        }
-    }
+    append_escaped(out, static_cast<unsigned char>(ch), "\\x");
   }
   out += '"';
 }

@@ -1,9 +1,7 @@
 #include "core/tls_client_context.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -22,6 +20,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/handshake_failure.h"
+#include "core/pem.h"
 #include "core/tls_policy.h"
 
 namespace ferry {
@@ -33,7 +32,6 @@ constexpr const char* kTls12Ciphers =
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 constexpr const char* kGroups = "X25519:P-256:P-384";
-constexpr size_t kMaxPemFileSize = 16 * 1024 * 1024;
 
 void free_x509_infos(STACK_OF(X509_INFO) * infos) {
   sk_X509_INFO_pop_free(infos, X509_INFO_free);
@@ -83,83 +81,6 @@ int on_new_session(SSL* ssl, SSL_SESSION* session) {
   return 0;  // OpenSSL keeps its reference; the cache holds its own copy
 }
 
-// ---- reading PEM files (the same checks and messages as the server side) -------------------
-
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-bool read_whole_file(const std::string& path, std::string& out, std::string& why) {
-  FdCloser file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (file.fd < 0) {
-    why = std::strerror(errno);
-    return false;
-  }
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(file.fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      why = std::strerror(errno);
-      return false;
-    }
-    if (n == 0) return true;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > kMaxPemFileSize) {
-      why = "file too large";
-      return false;
-    }
-  }
-}
-
-int no_passphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*userdata*/) {
-  return -1;
-}
-
-bool queue_ends_with_no_start_line() {
-  unsigned long err = ERR_peek_last_error();
-  return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
-}
-
-bool has_private_key_block(std::string_view pem) {
-  constexpr std::string_view kBegin = "-----BEGIN ";
-  constexpr std::string_view kEnd = "PRIVATE KEY-----";
-  size_t pos = 0;
-  while ((pos = pem.find(kBegin, pos)) != std::string_view::npos) {
-    size_t eol = pem.find('\n', pos);
-    std::string_view line = pem.substr(pos, eol == std::string_view::npos ? eol : eol - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.size() >= kEnd.size() && line.substr(line.size() - kEnd.size()) == kEnd) return true;
-    pos += kBegin.size();
-  }
-  return false;
-}
-
-BioPtr memory_bio(const std::string& data) {
-  return BioPtr(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-}
-
-std::string quoted(const std::string& path) {
-  return "\"" + path + "\"";
-}
-
-std::string format_utc(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::time_t asn1_time_to_unix(const ASN1_TIME* t) {
-  std::tm tm{};
-  if (t == nullptr || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
-  return timegm(&tm);
-}
-
 // Collects one service's problems under "service[N].<key>" at the key's position.
 class Reporter {
  public:
@@ -187,135 +108,36 @@ class Reporter {
   size_t errors_at_start_ = errors_.size();
 };
 
-// Where a certificate or key problem is reported.
-struct Where {
-  const SourcePos& pos;
-  const char* key;
+// A client certificate's problems go to the service's cert and key keys.
+class ClientPairReport final : public PairReport {
+ public:
+  ClientPairReport(const ServiceConfig& service, Reporter& report)
+      : service_(service), report_(report) {}
+
+  void cert_error(std::string message) override {
+    report_.error(service_.cert_pos, "cert", std::move(message));
+  }
+  void key_error(std::string message) override {
+    report_.error(service_.key_pos, "key", std::move(message));
+  }
+  void key_warning(std::string message) override {
+    report_.warning(service_.key_pos, "key", std::move(message));
+  }
+
+ private:
+  const ServiceConfig& service_;
+  Reporter& report_;
 };
-
-struct CertChain {
-  X509Ptr leaf;
-  std::vector<X509Ptr> chain;
-};
-
-bool parse_cert_chain(const std::string& pem, const std::string& path, CertChain& out,
-                      Reporter& report, Where at) {
-  BioPtr bio = memory_bio(pem);
-  ERR_clear_error();
-  if (bio) out.leaf.reset(PEM_read_bio_X509_AUX(bio.get(), nullptr, no_passphrase, nullptr));
-  if (!out.leaf) {
-    if (bio && queue_ends_with_no_start_line()) {
-      ERR_clear_error();
-      report.error(at.pos, at.key, "no certificate found in " + quoted(path));
-    } else {
-      report.error(at.pos, at.key, "cannot parse: " + drain_openssl_errors());
-    }
-    return false;
-  }
-  for (;;) {
-    ERR_clear_error();
-    X509Ptr next(PEM_read_bio_X509(bio.get(), nullptr, no_passphrase, nullptr));
-    if (!next) break;
-    out.chain.push_back(std::move(next));
-  }
-  if (!queue_ends_with_no_start_line()) {
-    report.error(at.pos, at.key, "cannot parse: " + drain_openssl_errors());
-    return false;
-  }
-  ERR_clear_error();
-  return true;
-}
-
-EvpPkeyPtr parse_private_key(const std::string& pem, const std::string& path, Reporter& report,
-                             Where at) {
-  BioPtr bio = memory_bio(pem);
-  ERR_clear_error();
-  EvpPkeyPtr key;
-  if (bio) key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
-  if (key) {
-    ERR_clear_error();
-    return key;
-  }
-  unsigned long last = ERR_peek_last_error();
-  if (!has_private_key_block(pem)) {
-    ERR_clear_error();
-    report.error(at.pos, at.key, "no private key found in " + quoted(path));
-  } else if (ERR_GET_LIB(last) == ERR_LIB_PEM &&
-             (ERR_GET_REASON(last) == PEM_R_BAD_PASSWORD_READ ||
-              ERR_GET_REASON(last) == PEM_R_PROBLEMS_GETTING_PASSWORD)) {
-    ERR_clear_error();
-    report.error(at.pos, at.key,
-                 "private key in " + quoted(path) + " is encrypted; ferry needs it unencrypted");
-  } else {
-    report.error(at.pos, at.key, "cannot parse: " + drain_openssl_errors());
-  }
-  return nullptr;
-}
-
-void check_key_permissions(const std::string& path, Reporter& report, Where at) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return;
-  if ((st.st_mode & S_IROTH) != 0) {
-    report.error(at.pos, at.key,
-                 "private key " + quoted(path) + " is readable by other users (chmod 600 or 640)");
-  } else if ((st.st_mode & S_IRGRP) != 0) {
-    report.warning(at.pos, at.key, "private key " + quoted(path) + " is readable by its group");
-  }
-}
 
 // The optional client certificate (mTLS upstream): cert/key of the service, checked like the
 // server side checks its certificate. Returns false if anything was reported as an error.
 bool use_client_certificate(SSL_CTX* ctx, const ServiceConfig& service, Reporter& report) {
-  const Where cert_at{service.cert_pos, "cert"};
-  const Where key_at{service.key_pos, "key"};
   const std::string& key_path = service.key_file.empty() ? service.cert_file : service.key_file;
-
+  ClientPairReport pair_report(service, report);
   CertChain chain;
-  std::string cert_pem, why;
-  const bool cert_read = read_whole_file(service.cert_file, cert_pem, why);
-  bool cert_ok = false;
-  if (!cert_read) {
-    report.error(cert_at.pos, cert_at.key, "cannot read " + quoted(service.cert_file) + ": " + why);
-  } else {
-    cert_ok = parse_cert_chain(cert_pem, service.cert_file, chain, report, cert_at);
-  }
   EvpPkeyPtr key;
-  if (key_path == service.cert_file) {
-    if (cert_read) key = parse_private_key(cert_pem, key_path, report, key_at);
-  } else {
-    std::string key_pem;
-    if (!read_whole_file(key_path, key_pem, why)) {
-      report.error(key_at.pos, key_at.key, "cannot read " + quoted(key_path) + ": " + why);
-    } else {
-      key = parse_private_key(key_pem, key_path, report, key_at);
-    }
-  }
-  if (key) check_key_permissions(key_path, report, key_at);
-  if (!cert_ok || !key) return false;
-
-  ERR_clear_error();
-  if (X509_check_private_key(chain.leaf.get(), key.get()) != 1) {
-    ERR_clear_error();
-    report.error(key_at.pos, key_at.key, "private key does not match the certificate");
-    return false;
-  }
-  ERR_clear_error();
-  if (SSL_CTX_use_certificate(ctx, chain.leaf.get()) != 1) {
-    report.error(cert_at.pos, cert_at.key, "cannot use the certificate: " + drain_openssl_errors());
-    return false;
-  }
-  for (auto& extra : chain.chain) {
-    ERR_clear_error();
-    if (SSL_CTX_add0_chain_cert(ctx, extra.get()) != 1) {
-      report.error(cert_at.pos, cert_at.key,
-                   "cannot use a chain certificate: " + drain_openssl_errors());
-      return false;
-    }
-    extra.release();  // owned by ctx now
-  }
-  ERR_clear_error();
-  if (SSL_CTX_use_PrivateKey(ctx, key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-    report.error(key_at.pos, key_at.key, "cannot use the private key: " + drain_openssl_errors());
+  if (!load_cert_and_key(service.cert_file, key_path, chain, key, pair_report) ||
+      !use_cert_and_key(ctx, chain, key.get(), pair_report)) {
     return false;
   }
 
@@ -324,9 +146,9 @@ bool use_client_certificate(SSL_CTX* ctx, const ServiceConfig& service, Reporter
   const std::time_t not_after = asn1_time_to_unix(X509_get0_notAfter(leaf));
   const std::time_t not_before = asn1_time_to_unix(X509_get0_notBefore(leaf));
   if (not_after < now) {
-    report.warning(cert_at.pos, cert_at.key, "certificate expired on " + format_utc(not_after));
+    report.warning(service.cert_pos, "cert", "certificate expired on " + format_utc(not_after));
   } else if (not_before > now) {
-    report.warning(cert_at.pos, cert_at.key,
+    report.warning(service.cert_pos, "cert",
                    "certificate is not valid before " + format_utc(not_before));
   }
   ERR_clear_error();
@@ -340,7 +162,7 @@ bool use_client_certificate(SSL_CTX* ctx, const ServiceConfig& service, Reporter
 int add_pem_certificates(X509_STORE* store, const std::string& path, Reporter& report,
                          const SourcePos& ca_pos) {
   std::string pem, why;
-  if (!read_whole_file(path, pem, why)) {
+  if (!read_pem_file(path, pem, why)) {
     report.error(ca_pos, "ca", "cannot read " + quoted(path) + ": " + why);
     return -1;
   }

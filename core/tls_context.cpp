@@ -1,26 +1,20 @@
 #include "core/tls_context.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <string_view>
 #include <utility>
 
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
-#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "core/client_auth.h"
 #include "core/handshake_failure.h"
+#include "core/pem.h"
 #include "core/ticket_keys.h"
 #include "core/tls_policy.h"
 
@@ -38,97 +32,9 @@ constexpr const char* kGroups = "X25519:P-256:P-384";
 constexpr const char* kTls13Suites =
     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 constexpr long kSessionCacheSize = 20480;
-constexpr size_t kMaxPemFileSize = 16 * 1024 * 1024;
 constexpr std::time_t kExpiryWarning = 30 * 86400;  // --check warns this long before expiry
 
 using GeneralNamesPtr = std::unique_ptr<GENERAL_NAMES, Free<GENERAL_NAMES_free>>;
-
-// Closes a file descriptor on every path out of read_whole_file().
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-// Reads a whole (small) file. On failure returns false and sets `why` to the strerror() text.
-bool read_whole_file(const std::string& path, std::string& out, std::string& why) {
-  FdCloser file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (file.fd < 0) {
-    why = std::strerror(errno);
-    return false;
-  }
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(file.fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      why = std::strerror(errno);
-      return false;
-    }
-    if (n == 0) return true;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > kMaxPemFileSize) {
-      why = "file too large";
-      return false;
-    }
-  }
-}
-
-// Never prompt on the terminal for a passphrase: encrypted keys are refused.
-int no_passphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*userdata*/) {
-  return -1;
-}
-
-bool is_no_start_line(unsigned long err) {
-  return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
-}
-
-// True if the last error on the queue says "no (more) PEM blocks of the wanted kind".
-bool queue_ends_with_no_start_line() {
-  return is_no_start_line(ERR_peek_last_error());
-}
-
-// True if `pem` has a "-----BEGIN ... PRIVATE KEY-----" line (PKCS#8, RSA, EC, encrypted).
-bool has_private_key_block(std::string_view pem) {
-  constexpr std::string_view kBegin = "-----BEGIN ";
-  constexpr std::string_view kEnd = "PRIVATE KEY-----";
-  size_t pos = 0;
-  while ((pos = pem.find(kBegin, pos)) != std::string_view::npos) {
-    size_t eol = pem.find('\n', pos);
-    std::string_view line = pem.substr(pos, eol == std::string_view::npos ? eol : eol - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.size() >= kEnd.size() && line.substr(line.size() - kEnd.size()) == kEnd) return true;
-    pos += kBegin.size();
-  }
-  return false;
-}
-
-BioPtr memory_bio(const std::string& data) {
-  return BioPtr(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-}
-
-std::string format_utc(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::time_t asn1_time_to_unix(const ASN1_TIME* t) {
-  std::tm tm{};
-  if (t == nullptr || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
-  return timegm(&tm);
-}
-
-std::string rfc2253_name(const X509_NAME* name) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253) < 0) return {};
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return len > 0 ? std::string(data, static_cast<size_t>(len)) : std::string();
-}
 
 std::string asn1_string(const ASN1_STRING* s) {
   return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
@@ -261,14 +167,14 @@ struct PairSource {
 };
 
 // Reports the problems of one pair at its cert or key key.
-class Reporter {
+class Reporter final : public PairReport {
  public:
   Reporter(ServiceReport& service, const PairSource& source) : service_(service), src_(source) {}
 
-  void cert_error(std::string message) {
+  void cert_error(std::string message) override {
     service_.error(src_.cert_pos, src_.prefix + ".cert", std::move(message));
   }
-  void key_error(std::string message) {
+  void key_error(std::string message) override {
     service_.error(src_.key_pos, src_.prefix + ".key", std::move(message));
   }
   void cert_warning(std::string message) {
@@ -277,7 +183,7 @@ class Reporter {
   void urgent_cert_warning(std::string message) {
     service_.urgent_warning(src_.cert_pos, src_.prefix + ".cert", std::move(message));
   }
-  void key_warning(std::string message) {
+  void key_warning(std::string message) override {
     service_.warning(src_.key_pos, src_.prefix + ".key", std::move(message));
   }
 
@@ -285,90 +191,6 @@ class Reporter {
   ServiceReport& service_;
   const PairSource& src_;
 };
-
-std::string quoted(const std::string& path) {
-  return "\"" + path + "\"";
-}
-
-// A private key other users can read is refused; one its group can read is only a warning
-// (e.g. root:ferry 0640, read by the service's group).
-void check_key_permissions(const std::string& path, Reporter& report) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return;  // it was just read: a race, nothing to add
-  if ((st.st_mode & S_IROTH) != 0) {
-    report.key_error("private key " + quoted(path) +
-                     " is readable by other users (chmod 600 or 640)");
-  } else if ((st.st_mode & S_IRGRP) != 0) {
-    report.key_warning("private key " + quoted(path) + " is readable by its group");
-  }
-}
-
-// Leaf certificate plus the rest of the chain, as in SSL_CTX_use_certificate_chain_file().
-struct CertChain {
-  X509Ptr leaf;
-  std::vector<X509Ptr> chain;
-};
-
-bool parse_cert_chain(const std::string& pem, const std::string& path, CertChain& out,
-                      Reporter& report) {
-  BioPtr bio = memory_bio(pem);
-  if (!bio) {
-    report.cert_error("cannot parse: " + drain_openssl_errors());
-    return false;
-  }
-  ERR_clear_error();
-  out.leaf.reset(PEM_read_bio_X509_AUX(bio.get(), nullptr, no_passphrase, nullptr));
-  if (!out.leaf) {
-    if (queue_ends_with_no_start_line()) {
-      ERR_clear_error();
-      report.cert_error("no certificate found in " + quoted(path));
-    } else {
-      report.cert_error("cannot parse: " + drain_openssl_errors());
-    }
-    return false;
-  }
-  for (;;) {
-    ERR_clear_error();
-    X509Ptr next(PEM_read_bio_X509(bio.get(), nullptr, no_passphrase, nullptr));
-    if (!next) break;
-    out.chain.push_back(std::move(next));
-  }
-  if (!queue_ends_with_no_start_line()) {
-    report.cert_error("cannot parse: " + drain_openssl_errors());
-    return false;
-  }
-  ERR_clear_error();
-  return true;
-}
-
-EvpPkeyPtr parse_private_key(const std::string& pem, const std::string& path, Reporter& report) {
-  BioPtr bio = memory_bio(pem);
-  if (!bio) {
-    report.key_error("cannot parse: " + drain_openssl_errors());
-    return nullptr;
-  }
-  ERR_clear_error();
-  EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
-  if (key) {
-    ERR_clear_error();
-    return key;
-  }
-  unsigned long last = ERR_peek_last_error();
-  if (!has_private_key_block(pem)) {
-    // OpenSSL 3's decoders report a missing key as "unsupported": look for the block ourselves.
-    ERR_clear_error();
-    report.key_error("no private key found in " + quoted(path));
-  } else if (ERR_GET_LIB(last) == ERR_LIB_PEM &&
-             (ERR_GET_REASON(last) == PEM_R_BAD_PASSWORD_READ ||
-              ERR_GET_REASON(last) == PEM_R_PROBLEMS_GETTING_PASSWORD)) {
-    ERR_clear_error();
-    report.key_error("private key in " + quoted(path) +
-                     " is encrypted; ferry needs it unencrypted");
-  } else {
-    report.key_error("cannot parse: " + drain_openssl_errors());
-  }
-  return nullptr;
-}
 
 // Applies ferry's TLS policy to a fresh context. Returns false (with the reason) on failure.
 bool apply_policy(SSL_CTX* ctx, const std::string& service_name, std::string& why) {
@@ -478,38 +300,7 @@ void check_chain_order(const LoadedPair& pair, Reporter& report) {
 std::optional<LoadedPair> load_pair(const PairSource& src, Reporter& report) {
   LoadedPair pair;
   pair.source = &src;
-  // Load both files first so that a bad cert and a bad key are reported together.
-  std::string cert_pem, why;
-  const bool cert_read = read_whole_file(src.cert_file, cert_pem, why);
-  bool cert_ok = false;
-  if (!cert_read) {
-    report.cert_error("cannot read " + quoted(src.cert_file) + ": " + why);
-  } else {
-    cert_ok = parse_cert_chain(cert_pem, src.cert_file, pair.chain, report);
-  }
-
-  if (src.key_file == src.cert_file) {
-    // Same file: an unreadable file was reported once, for the cert.
-    if (cert_read) pair.key = parse_private_key(cert_pem, src.key_file, report);
-  } else {
-    std::string key_pem;
-    if (!read_whole_file(src.key_file, key_pem, why)) {
-      report.key_error("cannot read " + quoted(src.key_file) + ": " + why);
-    } else {
-      pair.key = parse_private_key(key_pem, src.key_file, report);
-    }
-  }
-  bool key_ok = false;
-  if (pair.key) {
-    key_ok = true;
-    check_key_permissions(src.key_file, report);
-  }
-  if (!cert_ok || !key_ok) return std::nullopt;
-
-  ERR_clear_error();
-  if (X509_check_private_key(pair.chain.leaf.get(), pair.key.get()) != 1) {
-    ERR_clear_error();
-    report.key_error("private key does not match the certificate");
+  if (!load_cert_and_key(src.cert_file, src.key_file, pair.chain, pair.key, report)) {
     return std::nullopt;
   }
 
@@ -524,28 +315,6 @@ std::optional<LoadedPair> load_pair(const PairSource& src, Reporter& report) {
   check_chain_order(pair, report);
   ERR_clear_error();
   return pair;
-}
-
-// Puts a pair into `ctx`; a context holds one pair per key slot.
-bool use_pair(SSL_CTX* ctx, LoadedPair& pair, Reporter& report) {
-  ERR_clear_error();
-  if (SSL_CTX_use_certificate(ctx, pair.chain.leaf.get()) != 1) {
-    report.cert_error("cannot use the certificate: " + drain_openssl_errors());
-    return false;
-  }
-  for (auto& extra : pair.chain.chain) {
-    ERR_clear_error();
-    if (SSL_CTX_add1_chain_cert(ctx, extra.get()) != 1) {
-      report.cert_error("cannot use a chain certificate: " + drain_openssl_errors());
-      return false;
-    }
-  }
-  ERR_clear_error();
-  if (SSL_CTX_use_PrivateKey(ctx, pair.key.get()) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-    report.key_error("cannot use the private key: " + drain_openssl_errors());
-    return false;
-  }
-  return true;
 }
 
 // A fresh server context with ferry's defaults, service.tls, client authentication and ticket
@@ -665,7 +434,10 @@ std::optional<ServerTlsContext> build_server_tls_context(const ServiceConfig& se
     }
     for (LoadedPair* pair : group.pairs) {
       Reporter pair_report(report, *pair->source);
-      if (!use_pair(group.ctx.get(), *pair, pair_report)) return std::nullopt;
+      // A context holds one pair per key slot.
+      if (!use_cert_and_key(group.ctx.get(), pair->chain, pair->key.get(), pair_report)) {
+        return std::nullopt;
+      }
       all.push_back(pair);
     }
   }

@@ -153,11 +153,13 @@ def metrics_of(f):
 
 
 def refused(port, timeout=1):
-    """True if a TCP connect to port is refused (ECONNREFUSED); False if it is accepted."""
+    """True if a TCP connect to port is refused (ECONNREFUSED); False if it is accepted.
+    A connect that lands in the backlog of a listening socket just as ferry closes it is reset
+    by the kernel (ECONNRESET): the port is closing, which counts as refused too."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 

@@ -124,25 +124,17 @@ void free_allow_list(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*
   delete static_cast<AllowList*>(ptr);
 }
 
-int abort_on_bad_index(int index) {
-  if (index < 0) {
-    std::fputs("ferry: cannot allocate an OpenSSL ex_data index\n", stderr);
-    std::abort();
-  }
-  return index;
-}
-
 // SSL_CTX slot: the AllowList.
 int allow_list_index() {
   static const int index =
-      abort_on_bad_index(SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_allow_list));
+      checked_ex_index(SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_allow_list));
   return index;
 }
 
 // SSL slot: the first client-authentication failure, stored as the reason + 1 (no allocation).
 int failure_index() {
   static const int index =
-      abort_on_bad_index(SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr));
+      checked_ex_index(SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr));
   return index;
 }
 

@@ -1,5 +1,7 @@
 #include "core/ticket_keys.h"
 
+#include "core/openssl_ptr.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -115,14 +117,8 @@ void free_ring_holder(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /
 
 // SSL_CTX ex_data slot holding a heap RingHolder, deleted with the context.
 int ring_index() {
-  static const int index = [] {
-    int i = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_ring_holder);
-    if (i < 0) {
-      std::fputs("ferry: SSL_CTX_get_ex_new_index failed\n", stderr);
-      std::abort();
-    }
-    return i;
-  }();
+  static const int index =
+      checked_ex_index(SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_ring_holder));
   return index;
 }
 

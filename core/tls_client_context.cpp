@@ -50,14 +50,8 @@ void free_cache_slot(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*
 }
 
 int cache_index() {
-  static const int index = [] {
-    int i = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_cache_slot);
-    if (i < 0) {
-      std::fputs("ferry: SSL_CTX_get_ex_new_index failed\n", stderr);
-      std::abort();
-    }
-    return i;
-  }();
+  static const int index =
+      checked_ex_index(SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_cache_slot));
   return index;
 }
 

@@ -363,14 +363,8 @@ std::vector<std::string> sorted(std::vector<std::string> names) {
 }  // namespace
 
 int client_hello_seen_index() {
-  static const int index = [] {
-    int i = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
-    if (i < 0) {
-      std::fputs("ferry: SSL_get_ex_new_index failed\n", stderr);
-      std::abort();
-    }
-    return i;
-  }();
+  static const int index =
+      checked_ex_index(SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr));
   return index;
 }
 

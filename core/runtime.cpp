@@ -103,10 +103,20 @@ std::string file_digest(const std::string& path) {
   return out;
 }
 
-namespace {
+std::vector<std::string> tls_input_files(const ServiceConfig& svc) {
+  const TlsPolicy& t = svc.tls;
+  std::vector<std::string> files;
+  for (const std::string* f :
+       {&svc.cert_file, &svc.key_file, &t.client_ca, &t.crl, &t.ticket_key_file, &t.ca}) {
+    if (!f->empty()) files.push_back(*f);
+  }
+  for (const CertificateConfig& c : t.certificates) {
+    files.push_back(c.cert_file);
+    files.push_back(c.key_file);
+  }
+  return files;
+}
 
-// Everything a service's TLS context is built from: the policy as configured and the contents of
-// every file it reads. Equal fingerprints mean the old context can be reused on reload.
 std::string tls_fingerprint(const ServiceConfig& svc) {
   const TlsPolicy& t = svc.tls;
   std::string f;
@@ -114,17 +124,11 @@ std::string tls_fingerprint(const ServiceConfig& svc) {
     f += part;
     f.push_back('\0');
   };
-  auto add_file = [&](const std::string& path) {
-    add(path);
-    if (!path.empty()) add(file_digest(path));
-  };
   add(svc.name);
   add(svc.mode == ServiceMode::client ? "client" : "server");
-  add_file(svc.cert_file);
-  add_file(svc.key_file);
-  for (const CertificateConfig& c : t.certificates) {
-    add_file(c.cert_file);
-    add_file(c.key_file);
+  for (const std::string& file : tls_input_files(svc)) {
+    add(file);
+    add(file_digest(file));
   }
   add(std::to_string(t.min_version) + "/" + std::to_string(t.max_version));
   for (const std::string* s : {&t.ciphers, &t.ciphersuites, &t.groups, &t.server_name}) add(*s);
@@ -135,11 +139,10 @@ std::string tls_fingerprint(const ServiceConfig& svc) {
   for (const std::string& a : t.allow_sans) add(a);
   add(std::to_string(static_cast<int>(t.verify_client)) + (t.verify ? "v" : "-") +
       (t.session_tickets ? "t" : "-") + std::to_string(t.record_padding));
-  for (const std::string* path : {&t.client_ca, &t.crl, &t.ticket_key_file, &t.ca}) {
-    add_file(*path);
-  }
   return f;
 }
+
+namespace {
 
 const ServiceRuntime* find_service(const Runtime* rt, const std::string& name) {
   if (!rt) return nullptr;

@@ -60,9 +60,16 @@ struct RuntimeResult {
 RuntimeResult build_runtime(const Config& config, Metrics* metrics,
                             const Runtime* previous = nullptr);
 
-// SHA-256 (hex) of a file's contents, "" if unreadable. Used to tell whether a watched file
-// really changed.
+// SHA-256 (hex) of a file's contents, "" if unreadable.
 std::string file_digest(const std::string& path);
+
+// Every file a service's TLS context reads: certificates, keys, CAs, CRL, ticket keys.
+std::vector<std::string> tls_input_files(const ServiceConfig& service);
+
+// Everything a service's TLS context is built from: the policy as configured and the contents of
+// every file in tls_input_files(). Equal fingerprints mean the old context can be reused on a
+// reload, and that no watched file changed.
+std::string tls_fingerprint(const ServiceConfig& service);
 
 // Resolve "host:port" to one socket address (numeric hosts never touch DNS). Control plane only.
 bool resolve(const HostPort& hp, bool passive, SocketAddress& out, std::string& why);

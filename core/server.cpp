@@ -32,24 +32,6 @@ void close_fds(const std::vector<int>& fds) {
   }
 }
 
-// Files whose change triggers a reload: every certificate, key, CA, CRL and ticket-key file the
-// config names. (A CA directory is watched as a path: changes inside it need a SIGHUP.)
-std::set<std::string> watched_files(const Runtime& rt) {
-  std::set<std::string> files;
-  for (const ServiceRuntime& s : rt.services) {
-    const TlsPolicy& t = s.config.tls;
-    for (const std::string* f : {&s.config.cert_file, &s.config.key_file, &t.client_ca, &t.crl,
-                                 &t.ticket_key_file, &t.ca}) {
-      if (!f->empty()) files.insert(*f);
-    }
-    for (const CertificateConfig& c : t.certificates) {
-      files.insert(c.cert_file);
-      files.insert(c.key_file);
-    }
-  }
-  return files;
-}
-
 }  // namespace
 
 Server::Server(std::shared_ptr<const Runtime> runtime, Metrics& metrics)
@@ -329,14 +311,17 @@ void Server::reload_now(const char* cause) {
 
 void Server::update_file_watches() {
   close_watches();
-  watched_digests_.clear();
+  seen_fingerprints_.clear();
   if (!runtime_->config.watch_files || stopping_) return;
   std::set<std::string> dirs;
-  for (const std::string& file : watched_files(*runtime_)) {
-    watched_digests_[file] = file_digest(file);
-    std::string dir = std::filesystem::path(file).parent_path().string();
-    dirs.insert(dir.empty() ? "." : dir);
+  for (const ServiceRuntime& svc : runtime_->services) {
+    seen_fingerprints_.push_back(svc.tls_fingerprint);  // computed from these very files
+    for (const std::string& file : tls_input_files(svc.config)) {
+      std::string dir = std::filesystem::path(file).parent_path().string();
+      dirs.insert(dir.empty() ? "." : dir);
+    }
   }
+  // A CA directory is watched as a path in its parent: changes inside it need a SIGHUP.
   // Watch directories, not files: renames (atomic replacement, Kubernetes' ..data symlink swap)
   // replace the inode a file watch would be attached to.
   for (const std::string& dir : dirs) {
@@ -360,20 +345,21 @@ void Server::on_file_event(uv_fs_event_t* h, const char* /*filename*/, int /*eve
   uv_timer_start(&self->watch_debounce_, on_watch_debounce, kWatchDebounceMs, 0);
 }
 
-bool Server::watched_files_changed() const {
-  for (const auto& [file, digest] : watched_digests_) {
-    if (file_digest(file) != digest) return true;
-  }
-  return false;
+std::vector<std::string> Server::current_fingerprints() const {
+  std::vector<std::string> now;
+  for (const ServiceRuntime& svc : runtime_->services) now.push_back(tls_fingerprint(svc.config));
+  return now;
 }
 
 void Server::on_watch_debounce(uv_timer_t* t) {
   auto* self = static_cast<Server*>(t->data);
-  if (!self->watched_files_changed()) return;
+  std::vector<std::string> now = self->current_fingerprints();
+  if (now == self->seen_fingerprints_) return;
+  const Runtime* before = self->runtime_.get();
   self->reload("certificate file changed");
-  // A failed reload keeps the old digests' files in place: remember what was seen so the same
-  // broken file is not retried on every unrelated event in the directory.
-  for (auto& [file, digest] : self->watched_digests_) digest = file_digest(file);
+  // A failed reload keeps the running Runtime: remember what was seen so the same broken file is
+  // not retried on every unrelated event in the directory. (Success refreshed it already.)
+  if (self->runtime_.get() == before) self->seen_fingerprints_ = std::move(now);
 }
 
 }  // namespace ferry

@@ -48,7 +48,7 @@ class Server {
   void reload_now(const char* cause);
   void stop(int signum);
   void update_file_watches();
-  bool watched_files_changed() const;
+  std::vector<std::string> current_fingerprints() const;  // reads every watched file
   void close_main_handles();
   void close_watches();
 
@@ -62,11 +62,11 @@ class Server {
   uv_loop_t loop_{};
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
   uv_async_t workers_exited_{};
-  uv_timer_t status_timer_{};            // systemd STATUS= with the connection count
-  uv_timer_t watchdog_timer_{};          // WATCHDOG=1 at half of WATCHDOG_USEC
-  uv_timer_t watch_debounce_{};          // a burst of file events becomes one reload check
-  std::vector<uv_fs_event_t*> watches_;  // directories of cert/key files; freed on close
-  std::map<std::string, std::string> watched_digests_;  // file -> SHA-256 when last loaded
+  uv_timer_t status_timer_{};                   // systemd STATUS= with the connection count
+  uv_timer_t watchdog_timer_{};                 // WATCHDOG=1 at half of WATCHDOG_USEC
+  uv_timer_t watch_debounce_{};                 // a burst of file events becomes one reload check
+  std::vector<uv_fs_event_t*> watches_;         // directories of cert/key files; freed on close
+  std::vector<std::string> seen_fingerprints_;  // per service, as last loaded or seen
   bool stopping_ = false;
 };
 

@@ -87,6 +87,30 @@ std::optional<HostPort> parse_host_port(std::string_view text, std::string* why)
   return result;
 }
 
+std::optional<Endpoint> parse_endpoint(std::string_view text, std::string* why) {
+  Endpoint result;
+  if (text.starts_with("unix:")) {
+    const std::string_view path = text.substr(5);
+    auto bad = [why](std::string message) -> std::optional<Endpoint> {
+      if (why) *why = std::move(message);
+      return std::nullopt;
+    };
+    if (path.empty() || path.front() != '/') return bad("unix: needs an absolute path");
+    if (path.size() > 107) return bad("unix socket path longer than 107 bytes");
+    if (path.find('\0') != std::string_view::npos) return bad("unix socket path contains NUL");
+    result.unix_path = std::string(path);
+    return result;
+  }
+  auto hp = parse_host_port(text, why);
+  if (!hp) return std::nullopt;
+  result.tcp = std::move(*hp);
+  return result;
+}
+
+std::string Endpoint::str() const {
+  return is_unix() ? "unix:" + unix_path : tcp.str();
+}
+
 std::string HostPort::str() const {
   const std::string port_text = std::to_string(port);
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + port_text;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "config/cidr.h"
+
 namespace ferry {
 
 // Where a value came from, so later stages (certificate loading, binding) can report errors as
@@ -39,6 +41,33 @@ struct HostPort {
   uint16_t port = 0;
 
   std::string str() const;  // back to the written form, brackets restored for IPv6
+};
+
+// A backend (or client-mode upstream) as written: "host:port", "[v6]:port" or "unix:/path".
+struct Endpoint {
+  HostPort tcp;           // when unix_path is empty
+  std::string unix_path;  // absolute path of a Unix stream socket
+
+  bool is_unix() const { return !unix_path.empty(); }
+  std::string str() const;  // as written (the metrics' backend label)
+};
+
+enum class Balance { round_robin, failover, least_connections };
+enum class ProxyProtocol { none, v1, v2 };
+
+// The backends one connection may go to: a service's `connect`, or a route's.
+struct BackendGroupConfig {
+  std::vector<Endpoint> backends;
+  std::vector<SourcePos> positions;  // of each backend's string
+  Balance balance = Balance::round_robin;
+  ProxyProtocol proxy_protocol = ProxyProtocol::none;
+};
+
+// [[service.route]]: after the handshake, a server name picks the backends.
+struct RouteConfig {
+  std::string sni;  // lower-case; exact, or "*.example.com" (exactly one more label)
+  BackendGroupConfig group;
+  SourcePos pos;
 };
 
 enum class VerifyClient { none, optional, required };
@@ -84,9 +113,24 @@ struct ServiceConfig {
   size_t index = 0;  // position among the file's [[service]] tables; keys read "service[index]."
   std::string name;
   ServiceMode mode = ServiceMode::server;
-  HostPort accept;             // unused when accept_systemd is set
+  HostPort accept;             // unused when accept_systemd or accept_unix is set
   std::string accept_systemd;  // "systemd:NAME": the inherited socket named NAME
-  HostPort connect;
+  std::string accept_unix;     // "unix:/path": the socket's path
+  int unix_mode = -1;          // permission bits for accept_unix; -1: as the umask leaves them
+  std::string unix_owner;      // chown the socket (empty: leave)
+  std::string unix_group;
+  int backlog = 1024;          // listen() backlog
+  // Backends. May be empty in server mode when routes exist (unmatched names are refused).
+  BackendGroupConfig connect;
+  std::vector<RouteConfig> routes;
+  unsigned max_fails = 3;  // consecutive failed connects that mark a backend down...
+  std::chrono::milliseconds fail_timeout{std::chrono::seconds(10)};  // ...for this long
+  bool accept_proxy = false;              // a PROXY v1/v2 header precedes the TLS handshake
+  std::vector<Cidr> accept_proxy_from;    // peers allowed to send one; empty: any
+  unsigned max_connections = 0;           // 0: unlimited
+  std::vector<Cidr> allow;                // empty: everyone not denied
+  std::vector<Cidr> deny;
+  std::chrono::milliseconds tcp_keepalive{0};  // 0: off
   std::string cert_file;
   std::string key_file;  // defaults to cert_file when absent
   std::chrono::milliseconds handshake_timeout{std::chrono::seconds(10)};
@@ -115,6 +159,8 @@ struct Config {
   bool access_log = true;  // one line per finished connection, at info
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};  // drain on SIGTERM
   bool watch_files = true;  // reload when a cert/key file changes
+  uint64_t max_open_files = 0;  // RLIMIT_NOFILE to set at start; 0: keep the inherited one
+  SourcePos max_open_files_pos;
   std::string user;         // drop to this user after binding (empty: stay)
   std::string group;        // and this group (empty: the user's primary group)
   SourcePos user_pos;
@@ -145,6 +191,9 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text,
 
 // "host:port" or "[v6]:port", port 1..65535. Host must be non-empty.
 std::optional<HostPort> parse_host_port(std::string_view text, std::string* why = nullptr);
+
+// parse_host_port, or "unix:/absolute/path" (at most 107 bytes: sockaddr_un's limit).
+std::optional<Endpoint> parse_endpoint(std::string_view text, std::string* why = nullptr);
 
 const char* to_string(LogLevel level);
 std::optional<LogLevel> parse_log_level(std::string_view text);

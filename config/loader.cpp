@@ -152,7 +152,7 @@ void Loader::load_global(const toml::node& node) {
   if (!table) return;
   check_keys(*table, "global.",
              {"workers", "log_level", "log_format", "access_log", "shutdown_timeout", "watch_files",
-              "user", "group"});
+              "user", "group", "max_open_files"});
 
   if (const toml::node* workers = table->get("workers")) {
     if (const auto* value = workers->as_integer()) {
@@ -185,6 +185,11 @@ void Loader::load_global(const toml::node& node) {
       error(table->get("log_format")->source(), "global.log_format",
             "bad log format " + in_quotes(*format) + " (use text or json)");
     }
+  }
+  int64_t files = 0;
+  if (integer_at(*table, "max_open_files", "global.max_open_files", 64, 16'777'216, files)) {
+    config_.max_open_files = static_cast<uint64_t>(files);
+    config_.max_open_files_pos = pos_of(table->get("max_open_files")->source());
   }
   bool_at(*table, "access_log", "global.access_log", config_.access_log);
   bool_at(*table, "watch_files", "global.watch_files", config_.watch_files);
@@ -266,7 +271,22 @@ void Loader::load_service(const toml::node& node, size_t index) {
               "record_padding",
               "server_name",
               "ca",
-              "verify"});
+              "verify",
+              "balance",
+              "max_fails",
+              "fail_timeout",
+              "proxy_protocol",
+              "accept_proxy",
+              "accept_proxy_from",
+              "route",
+              "max_connections",
+              "allow",
+              "deny",
+              "tcp_keepalive",
+              "backlog",
+              "unix_mode",
+              "unix_owner",
+              "unix_group"});
 
   ServiceConfig service;
   service.index = index;
@@ -317,6 +337,19 @@ void Loader::load_service(const toml::node& node, size_t index) {
       error(table->get("accept")->source(), prefix + "accept",
             "duplicate accept address " + *accept_text);
     }
+  } else if (accept_text && accept_text->starts_with("unix:")) {
+    service.accept_pos = pos_of(table->get("accept")->source());
+    std::string why;
+    if (auto endpoint = parse_endpoint(*accept_text, &why)) {
+      service.accept_unix = endpoint->unix_path;
+      if (!accepts_.emplace(*accept_text, service.name).second) {
+        error(table->get("accept")->source(), prefix + "accept",
+              "duplicate accept address " + *accept_text);
+      }
+    } else {
+      error(table->get("accept")->source(), prefix + "accept",
+            "bad address " + in_quotes(*accept_text) + ": " + why);
+    }
   } else if (address_at(*table, "accept", prefix + "accept", service.accept, service.accept_pos)) {
     const std::string user = service.name.empty() ? "service[" + std::to_string(index) + "]"
                                                   : "service " + in_quotes(service.name);
@@ -328,8 +361,7 @@ void Loader::load_service(const toml::node& node, size_t index) {
     }
   }
 
-  require("connect");
-  address_at(*table, "connect", prefix + "connect", service.connect, service.connect_pos);
+  load_service_network(*table, prefix, service);
 
   // A certificate is needed in server mode; in client mode it is the optional client
   // certificate (mTLS), and a key without a certificate makes no sense.

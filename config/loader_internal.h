@@ -55,6 +55,15 @@ class Loader {
   // loader_tls.cpp: TLS policy keys of one service (both modes), cross-checked with its mode.
   void load_service_tls(const toml::table& table, const std::string& prefix,
                         ServiceConfig& service);
+  // loader_backends.cpp: connect, routes, PROXY protocol, limits, access lists, socket options.
+  void load_service_network(const toml::table& table, const std::string& prefix,
+                            ServiceConfig& service);
+  void backend_group_at(const toml::table& table, const std::string& prefix, bool client,
+                        BackendGroupConfig& group);
+  void cidrs_at(const toml::table& table, std::string_view name, const std::string& key,
+                std::vector<Cidr>& out);
+  bool integer_at(const toml::table& table, std::string_view name, const std::string& key,
+                  int64_t min, int64_t max, int64_t& out);
   const std::vector<std::string>* strings_at(const toml::table& table, std::string_view name,
                                              const std::string& key, std::vector<std::string>& out);
 

@@ -217,7 +217,21 @@ void Loader::load_service_tls(const toml::table& table, const std::string& prefi
       tls.server_name = *name;
     }
   }
-  if (client && tls.server_name.empty()) tls.server_name = service.connect.host;
+  if (client && tls.server_name.empty()) {
+    // Default: the host of `connect`. Several upstreams must agree on it (or name it).
+    const auto& backends = service.connect.backends;
+    for (const Endpoint& e : backends) {
+      if (e.is_unix() || e.tcp.host != backends.front().tcp.host) {
+        error(table.get("connect")->source(), prefix + "server_name",
+              e.is_unix() ? "missing: a unix: upstream has no host name to verify"
+                          : "missing: the upstreams have different hosts; name the one to verify");
+        break;
+      }
+    }
+    if (!backends.empty() && !backends.front().is_unix()) {
+      tls.server_name = backends.front().tcp.host;
+    }
+  }
   if (only_for("ca", client, "client")) {
     if (const std::string* ca = string_at(table, "ca", prefix + "ca")) {
       tls.ca_pos = pos("ca");

@@ -7,13 +7,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/x509.h>
 
 #include "core/client_auth.h"
+#include "core/listener.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/tls_client_context.h"
@@ -61,6 +65,49 @@ std::string client_cert_subject(const SSL* ssl, bool client_mode) {
   return std::string(data, static_cast<size_t>(std::clamp(len, 0L, 1024L)));
 }
 
+// The TLV fields of a PROXY v2 header from a finished server-side handshake.
+void fill_proxy_tls_fields(const SSL* ssl, proxy::Header& h) {
+  const unsigned char* alpn = nullptr;
+  unsigned alpn_len = 0;
+  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  if (alpn && alpn_len) h.alpn.assign(reinterpret_cast<const char*>(alpn), alpn_len);
+  if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) h.authority = sni;
+  proxy::SslInfo info;
+  const X509* peer = SSL_get0_peer_certificate(ssl);
+  info.client_cert_conn = peer != nullptr;
+  const SSL_SESSION* session = SSL_get_session(ssl);
+  info.client_cert_sess = session && SSL_SESSION_get0_peer(const_cast<SSL_SESSION*>(session));
+  // The spec: 0 only when a certificate was presented and verified.
+  info.verify = peer ? static_cast<uint32_t>(SSL_get_verify_result(ssl)) : 1;
+  info.version = SSL_get_version(ssl);
+  if (const char* cipher = SSL_get_cipher_name(ssl)) info.cipher = cipher;
+  if (peer) {
+    char cn[256];
+    const int len = X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn,
+                                              sizeof cn);
+    if (len > 0) info.cn.assign(cn, static_cast<size_t>(len));
+  }
+  // The certificate ferry presented: its signature and key algorithms.
+  if (const X509* own = SSL_get_certificate(ssl)) {
+    if (const char* sig = OBJ_nid2sn(X509_get_signature_nid(own))) info.sig_alg = sig;
+    if (const EVP_PKEY* key = X509_get0_pubkey(own)) {
+      const int bits = EVP_PKEY_get_bits(key);
+      switch (EVP_PKEY_get_base_id(key)) {
+        case EVP_PKEY_RSA:
+          info.key_alg = "RSA" + std::to_string(bits);
+          break;
+        case EVP_PKEY_EC:
+          info.key_alg = "EC" + std::to_string(bits);
+          break;
+        default:
+          if (const char* name = EVP_PKEY_get0_type_name(key)) info.key_alg = name;
+      }
+    }
+  }
+  ERR_clear_error();
+  h.ssl = std::move(info);
+}
+
 double seconds_since(uint64_t start_ns) {
   return static_cast<double>(uv_hrtime() - start_ns) / 1e9;
 }
@@ -76,12 +123,18 @@ Connection::Connection(Worker& worker, std::shared_ptr<const Runtime> runtime,
       id_(id),
       tls_fd_(service.config.mode == ServiceMode::client ? -1 : fd),
       accepted_fd_(service.config.mode == ServiceMode::client ? fd : -1),
-      peer_{peer, peer_len} {}
+      peer_(SocketAddress::from(reinterpret_cast<const sockaddr*>(&peer), peer_len)) {}
 
 Connection::~Connection() {
   BufferPool& pool = worker_.buffers();
   pool.put(up_buf_);
   pool.put(down_buf_);
+  free_dns();
+  if (backend_counted_) {
+    group_->backends()[static_cast<size_t>(backend_)]->active.fetch_sub(
+        1, std::memory_order_relaxed);
+  }
+  if (holds_slot) service_.state->connections.fetch_sub(1, std::memory_order_relaxed);
   ssl_.reset();
   if (tls_fd_ >= 0) ::close(tls_fd_);
   if (accepted_fd_ >= 0) ::close(accepted_fd_);  // never handed to plain_
@@ -110,6 +163,8 @@ void Connection::start() {
 bool Connection::init_tls_poll() {
   if (uv_poll_init_socket(worker_.loop(), &tls_poll_, tls_fd_) != 0) return false;
   tls_poll_.data = this;
+  tls_poll_open_ = true;
+  poll_events_ = 0;
   ++open_handles_;
   return true;
 }
@@ -125,34 +180,139 @@ bool Connection::create_ssl() {
 }
 
 void Connection::start_server_mode() {
-  if (!init_tls_poll() || !create_ssl()) {
+  if (!init_tls_poll()) {
+    close(EndReason::client_error);
+    return;
+  }
+  // One bound for the PROXY header and the handshake together.
+  uv_timer_start(&timer_, on_timer,
+                 static_cast<uint64_t>(service_.config.handshake_timeout.count()), 0);
+  if (service_.config.accept_proxy) {
+    state_ = State::proxy_header;
+    set_poll(UV_READABLE);
+    return;
+  }
+  begin_tls_accept();
+}
+
+void Connection::begin_tls_accept() {
+  if (!create_ssl()) {
     close(EndReason::client_error);
     return;
   }
   SSL_set_accept_state(ssl_.get());
-  uv_timer_start(&timer_, on_timer,
-                 static_cast<uint64_t>(service_.config.handshake_timeout.count()), 0);
+  if (!service_.router.empty()) {
+    gate_.allow = route_gate;
+    gate_.arg = this;
+    set_sni_gate(ssl_.get(), &gate_);
+  }
+  state_ = State::handshake;
   // The client speaks first: wait for its ClientHello rather than trying a read now.
   set_poll(UV_READABLE);
 }
 
+bool Connection::route_gate(void* arg, std::string_view server_name) {
+  auto* self = static_cast<Connection*>(arg);
+  if (self->service_.backends || self->service_.router.find(server_name) != nullptr) return true;
+  self->refused_sni_ = server_name.substr(0, 253);
+  return false;
+}
+
+bool Connection::access_allowed(const char* when) {
+  if (service_.admits(peer_.get())) return true;
+  service_.metrics->rejected_denied->Increment();
+  CLOG_INFO(id_, "denied: service=%s client=%s (allow/deny, %s)", service_.config.name.c_str(),
+            client_address().c_str(), when);
+  close(EndReason::rejected);
+  return false;
+}
+
+// accept_proxy: the header comes before the ClientHello. It is peeked, so that not one byte past
+// it is taken from the socket OpenSSL reads next; a header that arrives in pieces is consumed
+// piecewise (every byte of a valid incomplete prefix belongs to the header).
+void Connection::read_proxy_header() {
+  uint8_t buf[proxy::kMaxV2Length];
+  const size_t have = proxy_in_.size();
+  std::memcpy(buf, proxy_in_.data(), have);
+  const ssize_t n = ::recv(tls_fd_, buf + have, sizeof buf - have, MSG_PEEK);
+  auto reject = [this](const std::string& why) {
+    service_.metrics->rejected_bad_proxy_header->Increment();
+    CLOG_INFO(id_, "bad PROXY header: service=%s client=%s: %s", service_.config.name.c_str(),
+              client_address().c_str(), why.c_str());
+    close(EndReason::rejected);
+  };
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+    reject(std::string("read: ") + std::strerror(errno));
+    return;
+  }
+  if (n == 0) {
+    reject(have == 0 ? "connection closed before a header" : "connection closed inside the header");
+    return;
+  }
+  const size_t total = have + static_cast<size_t>(n);
+  const proxy::ParseResult r = proxy::parse(buf, total);
+  if (r.status == proxy::ParseStatus::invalid) {
+    reject(r.error);
+    return;
+  }
+  if (r.status == proxy::ParseStatus::incomplete) {
+    if (total >= sizeof buf) {
+      reject("header too long");
+      return;
+    }
+    if (::recv(tls_fd_, buf + have, static_cast<size_t>(n), 0) != n) {
+      reject("read failed");
+      return;
+    }
+    proxy_in_.append(reinterpret_cast<const char*>(buf + have), static_cast<size_t>(n));
+    return;
+  }
+  const size_t rest = r.consumed - have;  // peeked, so available now
+  if (rest > 0 && ::recv(tls_fd_, buf + have, rest, 0) != static_cast<ssize_t>(rest)) {
+    reject("read failed");
+    return;
+  }
+  std::string().swap(proxy_in_);
+  const proxy::Header& h = r.header;
+  if (!h.local && h.src.ss_family != AF_UNSPEC) {
+    const socklen_t len =
+        h.src.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    CLOG_DEBUG(id_, "PROXY header: client %s is %s", peer_.str().c_str(),
+               SocketAddress::from(reinterpret_cast<const sockaddr*>(&h.src), len).str().c_str());
+    peer_ = SocketAddress::from(reinterpret_cast<const sockaddr*>(&h.src), len);
+    local_ = SocketAddress::from(reinterpret_cast<const sockaddr*>(&h.dst), len);
+  }
+  if (!access_allowed("the PROXY header's address")) return;
+  begin_tls_accept();
+}
+
 void Connection::start_client_mode() {
-  uv_tcp_init(worker_.loop(), &plain_);
-  plain_.data = this;
+  const bool unix_client = peer_.is_unix();
+  if (unix_client) {
+    uv_pipe_init(worker_.loop(), &plain_.pipe, 0);
+  } else {
+    uv_tcp_init(worker_.loop(), &plain_.tcp);
+  }
+  plain_.handle.data = this;
   plain_open_ = true;
   ++open_handles_;
-  if (uv_tcp_open(&plain_, accepted_fd_) != 0) {
+  const int rc = unix_client ? uv_pipe_open(&plain_.pipe, accepted_fd_)
+                             : uv_tcp_open(&plain_.tcp, accepted_fd_);
+  if (rc != 0) {
     close(EndReason::client_error);  // accepted_fd_ is still ours: closed by the destructor
     return;
   }
   accepted_fd_ = -1;  // plain_ owns it now
-  uv_tcp_nodelay(&plain_, 1);
+  if (!unix_client) uv_tcp_nodelay(&plain_.tcp, 1);
   state_ = State::connecting;
-  connect_upstream();
+  group_ = service_.backends.get();
+  cursor_ = group_->start_cursor();
+  try_next_backend();
 }
 
 void Connection::set_poll(int events) {
-  if (events == poll_events_ || state_ == State::closing) return;
+  if (events == poll_events_ || state_ == State::closing || !tls_poll_open_) return;
   poll_events_ = events;
   if (events == 0) {
     uv_poll_stop(&tls_poll_);
@@ -166,7 +326,9 @@ void Connection::set_poll(int events) {
 void Connection::on_tls_poll(uv_poll_t* h, int status, int /*events*/) {
   auto* self = static_cast<Connection*>(h->data);
   if (status < 0 && self->state_ != State::connecting) {
-    if (self->state_ == State::handshake) {
+    if (self->state_ == State::proxy_header) {
+      self->read_proxy_header();  // reports the error with its reason
+    } else if (self->state_ == State::handshake) {
       self->handshake_failed(HandshakeFailure::peer_closed, uv_strerror(status));
     } else {
       CLOG_DEBUG(self->id_, "TLS side socket error: %s", uv_strerror(status));
@@ -176,6 +338,8 @@ void Connection::on_tls_poll(uv_poll_t* h, int status, int /*events*/) {
   }
   if (self->state_ == State::connecting) {
     self->upstream_connected();  // client mode: the non-blocking connect finished
+  } else if (self->state_ == State::proxy_header) {
+    self->read_proxy_header();
   } else if (self->state_ == State::handshake) {
     self->do_handshake();
   } else {
@@ -222,6 +386,39 @@ void Connection::on_handle_closed(uv_handle_t* h) {
   if (--self->open_handles_ == 0) self->worker_.connection_finished(self);
 }
 
+// A failed connect attempt's handle is closed: try the next address or backend.
+void Connection::on_attempt_closed(uv_handle_t* h) {
+  auto* self = static_cast<Connection*>(h->data);
+  if (h == reinterpret_cast<uv_handle_t*>(&self->tls_poll_) && self->tls_fd_ >= 0) {
+    ::close(self->tls_fd_);  // client mode: the upstream socket goes with its poll handle
+    self->tls_fd_ = -1;
+  }
+  if (--self->open_handles_ == 0 && self->state_ == State::closing) {
+    self->worker_.connection_finished(self);
+    return;
+  }
+  if (self->state_ == State::connecting) self->next_attempt("");
+}
+
+void Connection::on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
+  auto* self = static_cast<Connection*>(req->data);
+  self->dns_pending_ = false;
+  self->dns_result_ = res;  // freed by free_dns() whatever happens next
+  self->dns_next_ = res;
+  if (self->state_ == State::closing) {
+    if (--self->open_handles_ == 0) self->worker_.connection_finished(self);
+    return;
+  }
+  --self->open_handles_;
+  if (status < 0 || !res) {
+    self->next_attempt(status == UV_ECANCELED
+                           ? "name resolution timed out"
+                           : std::string("cannot resolve: ") + uv_strerror(status));
+    return;
+  }
+  self->next_attempt("");  // not a failure: go on with the first address
+}
+
 // ---- handshake ---------------------------------------------------------------------------
 
 void Connection::do_handshake() {
@@ -243,6 +440,16 @@ void Connection::do_handshake() {
   }
   unsigned long first = 0;
   std::string detail = drain_openssl_errors(&first);
+  if (gate_.refused) {
+    std::string sni = refused_sni_;
+    for (char& c : sni) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == '"' || c == 0x7f) c = '?';
+    }
+    handshake_failed(HandshakeFailure::unknown_sni,
+                     sni.empty() ? "no server name, and the service has no default connect"
+                                 : "no route for \"" + sni + "\" and no default connect");
+    return;
+  }
   HandshakeFailure reason =
       classify_handshake_failure(err, first, saved_errno, client_hello_seen(ssl_.get()));
   if (client_mode()) {
@@ -275,7 +482,7 @@ void Connection::handshake_failed(HandshakeFailure reason, const std::string& de
   service_.metrics->failures_for(reason).Increment();
   if (client_mode()) {
     CLOG_INFO(id_, "handshake failed: service=%s upstream=%s client=%s reason=%s (%s)",
-              service_.config.name.c_str(), service_.backend.str().c_str(),
+              service_.config.name.c_str(), upstream_.str().c_str(),
               client_address().c_str(), to_string(reason), detail.c_str());
   } else {
     CLOG_INFO(id_, "handshake failed: service=%s client=%s reason=%s (%s)",
@@ -299,47 +506,146 @@ void Connection::handshake_done() {
   }
   state_ = State::connecting;
   set_poll(0);  // nothing to read from the client until the backend is there
-  connect_backend();
+  group_ = service_.backends.get();
+  if (!service_.router.empty()) {
+    const char* name = SSL_get_servername(ssl_.get(), TLSEXT_NAMETYPE_host_name);
+    if (const BackendGroup* routed = service_.router.find(name ? name : "")) group_ = routed;
+  }
+  if (!group_) {  // the SNI gate refuses these during the handshake
+    close(EndReason::backend_connect_failed);
+    return;
+  }
+  cursor_ = group_->start_cursor();
+  try_next_backend();
 }
 
 // ---- backend connect ---------------------------------------------------------------------
 
-void Connection::connect_backend() {
-  uv_tcp_init(worker_.loop(), &plain_);
-  plain_.data = this;
+void Connection::try_next_backend() {
+  const int i = group_->pick(tried_, cursor_, steady_ms());
+  if (i < 0) {
+    backend_exhausted();
+    return;
+  }
+  backend_ = i;
+  tried_ |= uint64_t{1} << i;
+  const Backend& b = *group_->backends()[static_cast<size_t>(i)];
+  uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(service_.config.connect_timeout.count()),
+                 0);
+  if (!b.needs_dns) {
+    connect_to(b.address);
+    return;
+  }
+  // A host name: resolved on libuv's thread pool, never blocking this loop.
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  const std::string port = std::to_string(b.endpoint.tcp.port);
+  dns_req_.data = this;
+  const int rc = uv_getaddrinfo(worker_.loop(), &dns_req_, on_resolved,
+                                b.endpoint.tcp.host.c_str(), port.c_str(), &hints);
+  if (rc < 0) {
+    next_attempt(std::string("cannot resolve: ") + uv_strerror(rc));
+    return;
+  }
+  dns_pending_ = true;
+  ++open_handles_;  // the request holds the connection until its callback
+}
+
+void Connection::connect_to(const SocketAddress& to) {
+  upstream_ = to;
+  if (client_mode()) {
+    connect_upstream(to);
+  } else {
+    connect_backend(to);
+  }
+}
+
+// Move on after a connect attempt: `why` non-empty means it failed (logged). The attempt's handle
+// is closed first (on_attempt_closed calls back with why = ""). Then the current backend's next
+// resolved address, if any; else the backend counts as failed and the next one is tried.
+void Connection::next_attempt(const std::string& why) {
+  if (state_ != State::connecting) return;
+  const Backend& b = *group_->backends()[static_cast<size_t>(backend_)];
+  if (!why.empty()) {
+    const std::string where =
+        b.needs_dns && upstream_.len ? b.label + " (" + upstream_.str() + ")" : b.label;
+    CLOG_WARN(id_, "backend connect failed: service=%s backend=%s client=%s: %s",
+              service_.config.name.c_str(), where.c_str(), client_address().c_str(), why.c_str());
+  }
+  if (!client_mode() && plain_open_) {
+    plain_open_ = false;
+    uv_close(&plain_.handle, on_attempt_closed);
+    return;
+  }
+  if (client_mode() && tls_poll_open_) {
+    tls_poll_open_ = false;
+    uv_close(handle(&tls_poll_), on_attempt_closed);  // closes tls_fd_ too
+    return;
+  }
+  if (client_mode() && tls_fd_ >= 0) {
+    ::close(tls_fd_);
+    tls_fd_ = -1;
+  }
+  if (dns_next_) {
+    const addrinfo* ai = dns_next_;
+    dns_next_ = ai->ai_next;
+    connect_to(SocketAddress::from(ai->ai_addr, ai->ai_addrlen));
+    return;
+  }
+  free_dns();
+  group_->connect_failed(static_cast<size_t>(backend_), service_.config.name, steady_ms());
+  upstream_ = SocketAddress{};
+  try_next_backend();
+}
+
+void Connection::backend_exhausted() {
+  CLOG_WARN(id_, "no backend reachable: service=%s client=%s (%d tried)",
+            service_.config.name.c_str(), client_address().c_str(), std::popcount(tried_));
+  close(EndReason::backend_connect_failed);
+}
+
+void Connection::free_dns() {
+  if (dns_result_) uv_freeaddrinfo(dns_result_);
+  dns_result_ = dns_next_ = nullptr;
+}
+
+void Connection::connect_backend(const SocketAddress& to) {
+  if (to.is_unix()) {
+    uv_pipe_init(worker_.loop(), &plain_.pipe, 0);
+  } else {
+    uv_tcp_init(worker_.loop(), &plain_.tcp);
+  }
+  plain_.handle.data = this;
   plain_open_ = true;
   ++open_handles_;
   connect_req_.data = this;
-  const int rc = uv_tcp_connect(&connect_req_, &plain_, service_.backend.get(), on_connect);
-  if (rc < 0) {
-    backend_connect_failed(uv_strerror(rc));
+  if (to.is_unix()) {
+    uv_pipe_connect(&connect_req_, &plain_.pipe, to.unix_path().c_str(), on_connect);
     return;
   }
-  uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(service_.config.connect_timeout.count()),
-                 0);
+  const int rc = uv_tcp_connect(&connect_req_, &plain_.tcp, to.get(), on_connect);
+  if (rc < 0) next_attempt(uv_strerror(rc));
 }
 
-void Connection::connect_upstream() {
+void Connection::connect_upstream(const SocketAddress& to) {
   // Client mode: a plain non-blocking connect; OpenSSL then drives the socket itself.
-  const SocketAddress& to = service_.backend;
-  tls_fd_ = ::socket(to.storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  tls_fd_ = ::socket(to.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (tls_fd_ < 0) {
-    backend_connect_failed(std::strerror(errno));
+    next_attempt(std::strerror(errno));
     return;
   }
-  const int one = 1;
-  ::setsockopt(tls_fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (!to.is_unix()) set_tcp_options(tls_fd_, service_.config.tcp_keepalive);
   if (::connect(tls_fd_, to.get(), to.len) != 0 && errno != EINPROGRESS) {
-    backend_connect_failed(std::strerror(errno));
+    next_attempt(std::strerror(errno));
     return;
   }
   if (!init_tls_poll()) {
-    backend_connect_failed("cannot watch the socket");
+    next_attempt("cannot watch the socket");
     return;
   }
   set_poll(UV_WRITABLE);  // writable = connected (or failed: SO_ERROR says which)
-  uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(service_.config.connect_timeout.count()),
-                 0);
 }
 
 void Connection::upstream_connected() {
@@ -347,9 +653,10 @@ void Connection::upstream_connected() {
   socklen_t len = sizeof err;
   if (::getsockopt(tls_fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err != 0) {
-    backend_connect_failed(std::strerror(err));
+    next_attempt(std::strerror(err));
     return;
   }
+  backend_up();
   if (!create_ssl()) {
     close(EndReason::backend_error);
     return;
@@ -360,21 +667,65 @@ void Connection::upstream_connected() {
   do_handshake();  // we speak first: send the ClientHello now
 }
 
-void Connection::backend_connect_failed(const char* why) {
-  service_.metrics->backend_connect_failures->Increment();
-  CLOG_WARN(id_, "backend connect failed: service=%s backend=%s client=%s: %s",
-            service_.config.name.c_str(), service_.backend.str().c_str(), client_address().c_str(),
-            why);
-  close(EndReason::backend_connect_failed);
+// The current attempt connected: health, counts.
+void Connection::backend_up() {
+  free_dns();
+  group_->connect_succeeded(static_cast<size_t>(backend_), service_.config.name);
+  group_->backends()[static_cast<size_t>(backend_)]->active.fetch_add(1,
+                                                                      std::memory_order_relaxed);
+  backend_counted_ = true;
 }
 
 void Connection::backend_connected(int status) {
   if (status < 0) {
-    backend_connect_failed(uv_strerror(status));
+    next_attempt(uv_strerror(status));
     return;
   }
-  uv_tcp_nodelay(&plain_, 1);
+  backend_up();
+  if (!upstream_.is_unix()) {
+    uv_tcp_nodelay(&plain_.tcp, 1);
+    const auto keepalive = service_.config.tcp_keepalive;
+    if (keepalive.count() > 0) {
+      uv_tcp_keepalive(&plain_.tcp, 1, static_cast<unsigned>(keepalive.count() / 1000));
+    }
+  }
+  if (group_->proxy_protocol() != ProxyProtocol::none) {
+    send_proxy_header();
+    if (state_ != State::connecting) return;
+  }
   start_splicing();
+}
+
+// PROXY protocol to the backend: who the client is, and (v2) what its TLS session negotiated.
+// Written ahead of any payload through the same path as the client's bytes.
+void Connection::send_proxy_header() {
+  proxy::Header h;
+  auto ip = [](const SocketAddress& a) { return a.family() == AF_INET || a.family() == AF_INET6; };
+  SocketAddress local = local_;
+  if (!local.len) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(tls_fd_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      local = SocketAddress::from(reinterpret_cast<const sockaddr*>(&ss), len);
+    }
+  }
+  if (ip(peer_) && ip(local) && peer_.family() == local.family()) {
+    h.src = peer_.storage;
+    h.dst = local.storage;
+  }
+  std::string out;
+  if (group_->proxy_protocol() == ProxyProtocol::v1) {
+    out = proxy::encode_v1(h);
+  } else {
+    fill_proxy_tls_fields(ssl_.get(), h);
+    out = proxy::encode_v2(h);
+  }
+  up_buf_ = worker_.buffers().get();
+  const size_t n = std::min(out.size(), kBufSize);
+  std::memcpy(up_buf_, out.data(), n);
+  up_off_ = 0;
+  up_len_ = n;
+  write_plain();
 }
 
 void Connection::start_splicing() {
@@ -393,8 +744,20 @@ void Connection::on_timeout() {
                        "no handshake within " +
                            std::to_string(service_.config.handshake_timeout.count()) + "ms");
       return;
+    case State::proxy_header:
+      service_.metrics->rejected_bad_proxy_header->Increment();
+      CLOG_INFO(id_, "bad PROXY header: service=%s client=%s: none within %lldms",
+                service_.config.name.c_str(), client_address().c_str(),
+                static_cast<long long>(service_.config.handshake_timeout.count()));
+      close(EndReason::rejected);
+      return;
     case State::connecting:
-      backend_connect_failed("timed out");
+      if (dns_pending_) {
+        // The resolver's callback continues (with UV_ECANCELED if the cancel took).
+        uv_cancel(reinterpret_cast<uv_req_t*>(&dns_req_));
+        return;
+      }
+      next_attempt("timed out");
       return;
     case State::splicing: {
       // The idle timer is not re-armed on every byte: it checks the last activity when it fires.
@@ -476,7 +839,7 @@ void Connection::read_tls() {
 
 void Connection::write_plain() {
   uv_buf_t b = uv_buf_init(up_buf_ + up_off_, static_cast<unsigned>(up_len_));
-  int n = uv_try_write(stream(&plain_), &b, 1);
+  int n = uv_try_write(plain(), &b, 1);
   if (n == UV_EAGAIN) n = 0;
   if (n < 0) {
     CLOG_DEBUG(id_, "backend write: %s", uv_strerror(n));
@@ -494,7 +857,7 @@ void Connection::write_plain() {
   // The backend is slow: hand the rest to libuv and stop reading the client until it is out.
   b = uv_buf_init(up_buf_ + up_off_, static_cast<unsigned>(up_len_));
   write_req_.data = this;
-  const int rc = uv_write(&write_req_, stream(&plain_), &b, 1, on_plain_written);
+  const int rc = uv_write(&write_req_, plain(), &b, 1, on_plain_written);
   if (rc < 0) {
     CLOG_DEBUG(id_, "backend write: %s", uv_strerror(rc));
     close(plain_side_error());
@@ -521,14 +884,14 @@ void Connection::maybe_shutdown_plain() {
   if (!tls_eof_ || plain_shut_ || up_writing_ || up_len_ != 0) return;
   plain_shut_ = true;
   shutdown_req_.data = this;
-  if (uv_shutdown(&shutdown_req_, stream(&plain_), on_plain_shutdown) != 0) {
+  if (uv_shutdown(&shutdown_req_, plain(), on_plain_shutdown) != 0) {
     up_done_ = true;  // the backend is already gone for writing: nothing left to forward
   }
 }
 
 void Connection::start_plain_reading() {
   if (plain_reading_ || plain_eof_ || state_ != State::splicing) return;
-  if (uv_read_start(stream(&plain_), on_plain_alloc, on_plain_read) == 0) {
+  if (uv_read_start(plain(), on_plain_alloc, on_plain_read) == 0) {
     plain_reading_ = true;
   }
 }
@@ -546,7 +909,7 @@ void Connection::plain_read(ssize_t nread) {
     if (state_ != State::splicing) return;
     if (down_off_ < down_len_) {
       // The client is slow: stop reading the backend until this buffer is out.
-      uv_read_stop(stream(&plain_));
+      uv_read_stop(plain());
       plain_reading_ = false;
     }
     update_poll();
@@ -561,7 +924,7 @@ void Connection::plain_read(ssize_t nread) {
   }
   if (nread == UV_EOF) {
     plain_eof_ = true;
-    uv_read_stop(stream(&plain_));
+    uv_read_stop(plain());
     plain_reading_ = false;
     flush_tls();  // forwards the EOF once nothing is pending
     if (state_ != State::splicing) return;
@@ -661,7 +1024,11 @@ void Connection::log_access() const {
   const std::string client_host = peer_.host();
   const std::string sni = ssl ? printable_sni(ssl) : "";
   const std::string subject = negotiated ? client_cert_subject(ssl, client_mode()) : "";
-  const std::string backend = service_.backend.str();
+  std::string backend;
+  if (group_ && backend_ >= 0) {
+    const Backend& b = *group_->backends()[static_cast<size_t>(backend_)];
+    backend = b.needs_dns && upstream_.len ? b.label + "(" + upstream_.str() + ")" : b.label;
+  }
 
   log::AccessRecord r;
   r.conn = id_;
@@ -695,9 +1062,10 @@ void Connection::close(EndReason reason) {
   log_access();  // every connection, failed handshakes included (end=handshake_failed)
 
   uv_close(handle(&timer_), on_handle_closed);
-  // tls_poll_.data is set iff start() got past uv_poll_init_socket.
-  if (tls_poll_.data) uv_close(handle(&tls_poll_), on_handle_closed);
-  if (plain_open_) uv_close(handle(&plain_), on_handle_closed);
+  if (tls_poll_open_) uv_close(handle(&tls_poll_), on_handle_closed);
+  // Its callback still comes (UV_ECANCELED if the cancel took) and releases the connection.
+  if (dns_pending_) uv_cancel(reinterpret_cast<uv_req_t*>(&dns_req_));
+  if (plain_open_) uv_close(&plain_.handle, on_handle_closed);
 }
 
 }  // namespace ferry

@@ -18,11 +18,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/end_reason.h"
 #include "core/handshake_failure.h"
 #include "core/openssl_ptr.h"
+#include "core/proxy_protocol.h"
 #include "core/runtime.h"
+#include "core/tls_context.h"
 
 namespace ferry {
 
@@ -40,17 +43,22 @@ class Connection {
   void close(EndReason reason);  // idempotent
   bool established() const { return state_ == State::connecting || state_ == State::splicing; }
 
+  bool holds_slot = false;  // counted in the service's max_connections (set by Worker::adopt)
+
   // Intrusive list links, owned by Worker.
   Connection* prev = nullptr;
   Connection* next = nullptr;
 
  private:
-  enum class State { handshake, connecting, splicing, closing };
+  enum class State { proxy_header, handshake, connecting, splicing, closing };
 
   // libuv callbacks: cast `data` and forward.
   static void on_tls_poll(uv_poll_t* h, int status, int events);
   static void on_timer(uv_timer_t* t);
   static void on_connect(uv_connect_t* req, int status);
+  static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
+  static void on_attempt_closed(uv_handle_t* h);
+  static bool route_gate(void* arg, std::string_view server_name);
   static void on_plain_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void on_plain_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void on_plain_written(uv_write_t* req, int status);
@@ -60,17 +68,28 @@ class Connection {
   bool client_mode() const { return service_.config.mode == ServiceMode::client; }
   void start_server_mode();
   void start_client_mode();
+  void begin_tls_accept();
+  void read_proxy_header();
+  bool access_allowed(const char* when);
+  // Backends: each connect attempt goes to the next candidate of group_ (and, for a host name,
+  // each of its addresses in turn) until one connects or every one was tried.
+  void try_next_backend();
+  void connect_to(const SocketAddress& to);
+  void next_attempt(const std::string& why);
+  void backend_up();
+  void backend_exhausted();
+  void send_proxy_header();
+  void free_dns();
   bool init_tls_poll();
   bool create_ssl();
   void do_handshake();
   void handshake_failed(HandshakeFailure reason, const std::string& detail);
   void handshake_done();
   void start_splicing();
-  void connect_backend();   // server mode: the plaintext backend (uv_tcp_connect)
-  void connect_upstream();  // client mode: the TLS upstream (non-blocking connect, poll)
+  void connect_backend(const SocketAddress& to);   // server mode: plaintext (libuv connect)
+  void connect_upstream(const SocketAddress& to);  // client mode: TLS (non-blocking, poll)
   void upstream_connected();
   void backend_connected(int status);
-  void backend_connect_failed(const char* why);
   // Errors on each side end the connection with the reason of the party on that side.
   EndReason tls_side_error() const {
     return client_mode() ? EndReason::backend_error : EndReason::client_error;
@@ -98,25 +117,49 @@ class Connection {
   std::string client_address() const;
   void log_access() const;
 
+  uv_stream_t* plain() { return &plain_.stream; }
+
   Worker& worker_;
   std::shared_ptr<const Runtime> runtime_;  // keeps service_ and its SSL_CTX alive
   const ServiceRuntime& service_;
   const uint64_t id_;
-  int tls_fd_ = -1;           // the TLS side's socket (server: accepted; client: upstream)
-  int accepted_fd_ = -1;      // client mode: the accepted socket until plain_ owns it
-  const SocketAddress peer_;  // the client
+  int tls_fd_ = -1;       // the TLS side's socket (server: accepted; client: upstream)
+  int accepted_fd_ = -1;  // client mode: the accepted socket until plain_ owns it
+  SocketAddress peer_;    // the client: the TCP peer, or the address its PROXY header gave
+  SocketAddress local_;   // where the client connected to (PROXY header's dst), if known
   State state_ = State::handshake;
+  std::string proxy_in_;  // accept_proxy: the header bytes consumed so far
+
+  // Backend choice. group_ is the service's or the route's; bit i of tried_ = backend i tried.
+  const BackendGroup* group_ = nullptr;
+  int backend_ = -1;  // index in group_ of the current attempt / the connected backend
+  bool backend_counted_ = false;  // backend_'s `active` was incremented
+  uint64_t tried_ = 0;
+  uint64_t cursor_ = 0;
+  SocketAddress upstream_;  // the address connected to (or being tried)
+  uv_getaddrinfo_t dns_req_{};
+  bool dns_pending_ = false;
+  addrinfo* dns_result_ = nullptr;
+  addrinfo* dns_next_ = nullptr;  // the next address of dns_result_ to try
+  SniGate gate_{};
+  std::string refused_sni_;  // the server name the gate refused, for the log line
   EndReason end_reason_ = EndReason::done;
   SslPtr ssl_;
 
   uv_poll_t tls_poll_{};
   uv_timer_t timer_{};
-  uv_tcp_t plain_{};
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } plain_{};
   uv_connect_t connect_req_{};
   uv_write_t write_req_{};
   uv_shutdown_t shutdown_req_{};
   int open_handles_ = 0;
   bool plain_open_ = false;  // plain_ was initialised (and must be closed)
+  bool tls_poll_open_ = false;  // tls_poll_ was initialised (and must be closed)
   int poll_events_ = 0;      // events tls_poll_ currently waits for
 
   uint64_t start_ns_ = 0;          // uv_hrtime() at accept

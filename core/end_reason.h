@@ -13,12 +13,13 @@ enum class EndReason {
   client_error,            // TLS or socket error on the client side
   idle_timeout,            // no bytes in either direction for idle_timeout
   shutdown,                // ferry is stopping
+  rejected,                // before TLS: a bad/missing PROXY header, or denied by allow/deny
 };
 
 inline constexpr std::array kAllEndReasons = {
     EndReason::done,          EndReason::handshake_failed, EndReason::backend_connect_failed,
     EndReason::backend_error, EndReason::client_error,     EndReason::idle_timeout,
-    EndReason::shutdown};
+    EndReason::shutdown,      EndReason::rejected};
 
 constexpr const char* to_string(EndReason r) {
   switch (r) {
@@ -36,6 +37,8 @@ constexpr const char* to_string(EndReason r) {
       return "idle_timeout";
     case EndReason::shutdown:
       return "shutdown";
+    case EndReason::rejected:
+      return "rejected";
   }
   return "unknown";
 }

@@ -45,6 +45,8 @@ const char* to_string(HandshakeFailure reason) {
       return "hostname_mismatch";
     case HandshakeFailure::bad_certificate:
       return "bad_certificate";
+    case HandshakeFailure::unknown_sni:
+      return "unknown_sni";
     case HandshakeFailure::other:
       return "other";
   }

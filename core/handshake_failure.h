@@ -20,6 +20,7 @@ enum class HandshakeFailure {
   not_allowed,              // verified, but not on allow_subjects / allow_sans
   hostname_mismatch,        // client mode: the server's certificate is not for server_name
   bad_certificate,          // any other verification failure
+  unknown_sni,              // no route for the server name and no default backend
   other,
 };
 
@@ -30,7 +31,8 @@ inline constexpr std::array kAllHandshakeFailures = {
     HandshakeFailure::no_client_cert,   HandshakeFailure::unknown_ca,
     HandshakeFailure::cert_revoked,     HandshakeFailure::cert_expired,
     HandshakeFailure::not_allowed,      HandshakeFailure::hostname_mismatch,
-    HandshakeFailure::bad_certificate,  HandshakeFailure::other};
+    HandshakeFailure::bad_certificate,  HandshakeFailure::unknown_sni,
+    HandshakeFailure::other};
 
 const char* to_string(HandshakeFailure reason);  // "timeout", "not_tls", ...
 

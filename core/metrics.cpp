@@ -1,5 +1,7 @@
 #include "core/metrics.h"
 
+#include "core/backend.h"
+
 #include <uv.h>
 
 #include <algorithm>
@@ -82,6 +84,25 @@ Metrics::Metrics()
                  .Name("ferry_bytes_total")
                  .Help("Plaintext bytes relayed, by direction.")
                  .Register(*registry_)),
+      backend_up_(BuildGauge()
+                      .Name("ferry_backend_up")
+                      .Help("1 while a backend is eligible, 0 from being marked down (max_fails) "
+                            "until a connect to it succeeds again.")
+                      .Register(*registry_)),
+      backend_connections_(BuildCounter()
+                               .Name("ferry_backend_connections_total")
+                               .Help("Successful connects to each backend.")
+                               .Register(*registry_)),
+      rejected_(BuildCounter()
+                    .Name("ferry_connections_rejected_total")
+                    .Help("Connections closed before any TLS work: denied by allow/deny, a bad "
+                          "or missing PROXY header, or a PROXY header from a peer not allowed.")
+                    .Register(*registry_)),
+      listener_paused_(BuildCounter()
+                           .Name("ferry_listener_paused_total")
+                           .Help("Times a worker stopped accepting because the service reached "
+                                 "max_connections.")
+                           .Register(*registry_)),
       backend_connect_failures_(BuildCounter()
                                     .Name("ferry_backend_connect_failures_total")
                                     .Help("Backend connections that failed or timed out.")
@@ -144,11 +165,25 @@ ServiceMetrics& Metrics::service(const std::string& name) {
   s->sessions_resumed = &sessions_resumed_.Add(svc);
   s->bytes_to_backend = &bytes_.Add({{"service", name}, {"direction", "to_backend"}});
   s->bytes_to_client = &bytes_.Add({{"service", name}, {"direction", "to_client"}});
-  s->backend_connect_failures = &backend_connect_failures_.Add(svc);
+  s->rejected_denied = &rejected_.Add({{"service", name}, {"reason", "denied"}});
+  s->rejected_bad_proxy_header =
+      &rejected_.Add({{"service", name}, {"reason", "bad_proxy_header"}});
+  s->rejected_proxy_not_allowed =
+      &rejected_.Add({{"service", name}, {"reason", "proxy_not_allowed"}});
+  s->listener_paused = &listener_paused_.Add(svc);
   s->connection_duration = &connection_duration_.Add(svc, kConnectionBuckets);
   s->handshakes_family = &handshakes_;
   services_.push_back(std::move(s));
   return *services_.back();
+}
+
+void Metrics::register_backend(const std::string& service, Backend& backend) {
+  const prometheus::Labels labels{{"service", service}, {"backend", backend.label}};
+  backend.up = &backend_up_.Add(labels);
+  backend.connections = &backend_connections_.Add(labels);
+  backend.connect_failures = &backend_connect_failures_.Add(labels);
+  // A new Runtime starts with every backend eligible (health is not carried across reloads).
+  backend.up->Set(1);
 }
 
 void Metrics::register_ciphers(ServiceMetrics& service, SSL_CTX* ctx) {

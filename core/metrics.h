@@ -24,6 +24,8 @@
 
 namespace ferry {
 
+struct Backend;
+
 // Handles for one service. Owned by Metrics; stable for the life of the process.
 struct ServiceMetrics {
   struct HandshakeKey {
@@ -40,7 +42,10 @@ struct ServiceMetrics {
   prometheus::Counter* sessions_resumed = nullptr;
   prometheus::Counter* bytes_to_backend = nullptr;
   prometheus::Counter* bytes_to_client = nullptr;
-  prometheus::Counter* backend_connect_failures = nullptr;
+  prometheus::Counter* rejected_denied = nullptr;
+  prometheus::Counter* rejected_bad_proxy_header = nullptr;
+  prometheus::Counter* rejected_proxy_not_allowed = nullptr;
+  prometheus::Counter* listener_paused = nullptr;
   prometheus::Histogram* connection_duration = nullptr;
   std::vector<HandshakeKey> handshakes;  // one per (version, cipher) the context can negotiate
 
@@ -64,6 +69,8 @@ class Metrics {
 
   // Control plane only. Returns the same handles for the same service name.
   ServiceMetrics& service(const std::string& name);
+  // The per-backend series (up, connections, connect failures) of one of a service's backends.
+  void register_backend(const std::string& service, Backend& backend);
   // Pre-register ferry_handshakes_total series for every cipher `ctx` can negotiate.
   void register_ciphers(ServiceMetrics& service, SSL_CTX* ctx);
   // The certificates a service serves now (subject, notAfter); replaces the previous set.
@@ -90,6 +97,10 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& handshake_duration_;
   prometheus::Family<prometheus::Counter>& sessions_resumed_;
   prometheus::Family<prometheus::Counter>& bytes_;
+  prometheus::Family<prometheus::Gauge>& backend_up_;
+  prometheus::Family<prometheus::Counter>& backend_connections_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Family<prometheus::Counter>& listener_paused_;
   prometheus::Family<prometheus::Counter>& backend_connect_failures_;
   prometheus::Family<prometheus::Histogram>& connection_duration_;
   prometheus::Family<prometheus::Gauge>& certificate_expiry_;

@@ -16,39 +16,6 @@
 
 namespace ferry {
 
-std::string SocketAddress::host() const {
-  char text[INET6_ADDRSTRLEN] = "?";
-  if (storage.ss_family == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, text,
-              sizeof text);
-  } else if (storage.ss_family == AF_INET6) {
-    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, text,
-              sizeof text);
-  }
-  return text;
-}
-
-uint16_t SocketAddress::port() const {
-  if (storage.ss_family == AF_INET) {
-    return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
-  }
-  if (storage.ss_family == AF_INET6) {
-    return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
-  }
-  return 0;
-}
-
-std::string SocketAddress::str() const {
-  const bool v6 = storage.ss_family == AF_INET6;
-  std::string out;
-  if (v6) out.push_back('[');
-  out.append(host());
-  if (v6) out.push_back(']');
-  out.push_back(':');
-  out.append(std::to_string(port()));
-  return out;
-}
-
 bool resolve(const HostPort& hp, bool passive, SocketAddress& out, std::string& why) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -69,6 +36,31 @@ bool resolve(const HostPort& hp, bool passive, SocketAddress& out, std::string& 
 
 std::string ServiceRuntime::listen_key() const {
   return config.accept_systemd.empty() ? accept.str() : "systemd:" + config.accept_systemd;
+}
+
+std::string connect_summary(const ServiceConfig& svc) {
+  auto group = [](const BackendGroupConfig& g) {
+    std::string out;
+    for (const Endpoint& e : g.backends) out += (out.empty() ? "" : ", ") + e.str();
+    if (g.backends.size() > 1) {
+      out += g.balance == Balance::failover            ? " (failover)"
+             : g.balance == Balance::least_connections ? " (least-connections)"
+                                                       : " (round-robin)";
+    }
+    if (g.proxy_protocol != ProxyProtocol::none) {
+      out += g.proxy_protocol == ProxyProtocol::v1 ? " +PROXY v1" : " +PROXY v2";
+    }
+    return out;
+  };
+  std::string out = svc.connect.backends.empty() ? "(none: unrouted names are refused)"
+                                                 : group(svc.connect);
+  for (const RouteConfig& r : svc.routes) out += "; sni " + r.sni + " -> " + group(r.group);
+  return out;
+}
+
+bool ServiceRuntime::admits(const sockaddr* client) const {
+  if (cidr_match(config.deny, client)) return false;
+  return config.allow.empty() || cidr_match(config.allow, client);
 }
 
 std::string file_digest(const std::string& path) {
@@ -165,14 +157,23 @@ RuntimeResult build_runtime(const Config& config, Metrics* metrics, const Runtim
     rt.config = svc;
     rt.index = i;
     std::string why;
-    if (svc.accept_systemd.empty() && !resolve(svc.accept, true, rt.accept, why)) {
+    if (!svc.accept_unix.empty()) {
+      if (auto addr = SocketAddress::from_unix(svc.accept_unix)) rt.accept = *addr;
+    } else if (svc.accept_systemd.empty() && !resolve(svc.accept, true, rt.accept, why)) {
       result.errors.push_back({svc.accept_pos, key + ".accept", why});
     }
-    if (!resolve(svc.connect, false, rt.backend, why)) {
-      result.errors.push_back({svc.connect_pos, key + ".connect", why});
+    // Backends are resolved when connecting (numeric ones here, without DNS).
+    if (!svc.connect.backends.empty()) {
+      rt.backends = std::make_unique<BackendGroup>(svc.connect, svc.max_fails, svc.fail_timeout);
+    }
+    for (const RouteConfig& route : svc.routes) {
+      rt.router.add(route.sni,
+                    std::make_unique<BackendGroup>(route.group, svc.max_fails, svc.fail_timeout));
     }
     rt.tls_fingerprint = tls_fingerprint(svc);
     const ServiceRuntime* old = find_service(previous, svc.name);
+    // Live connections keep counting against max_connections across a reload.
+    rt.state = old ? old->state : std::make_shared<ServiceState>();
     const bool reuse = old && old->tls_fingerprint == rt.tls_fingerprint;
     if (svc.mode == ServiceMode::client) {
       if (reuse && old->client_tls) {
@@ -192,6 +193,12 @@ RuntimeResult build_runtime(const Config& config, Metrics* metrics, const Runtim
   if (metrics) {
     for (ServiceRuntime& rt : runtime->services) {
       rt.metrics = &metrics->service(rt.config.name);
+      auto add_backends = [&](const BackendGroup* group) {
+        if (!group) return;
+        for (const auto& b : group->backends()) metrics->register_backend(rt.config.name, *b);
+      };
+      add_backends(rt.backends.get());
+      for (const Router::Route& r : rt.router.routes()) add_backends(r.group.get());
       if (rt.client_tls) {
         metrics->register_ciphers(*rt.metrics, rt.client_tls->ctx.get());
         continue;

@@ -5,11 +5,14 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "config/config.h"
+#include "core/backend.h"
+#include "core/socket_address.h"
 #include "core/tls_client_context.h"
 #include "core/tls_context.h"
 
@@ -18,21 +21,31 @@ namespace ferry {
 class Metrics;
 struct ServiceMetrics;
 
-struct SocketAddress {
-  sockaddr_storage storage{};
-  socklen_t len = 0;
+// State of a service shared by every worker and carried across reloads (by service name).
+struct ServiceState {
+  std::atomic<unsigned> connections{0};  // live connections, for max_connections
 
-  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
-  std::string str() const;   // "127.0.0.1:8080", "[::1]:8443"
-  std::string host() const;  // "127.0.0.1", "::1" (no brackets); "?" if not IP
-  uint16_t port() const;
+  // Take a connection slot; false at the limit (0 = no limit: always true, not counted).
+  bool try_reserve(unsigned max) {
+    if (max == 0) return true;
+    unsigned now = connections.load(std::memory_order_relaxed);
+    while (now < max) {
+      if (connections.compare_exchange_weak(now, now + 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+  void release(unsigned max) {
+    if (max != 0) connections.fetch_sub(1, std::memory_order_relaxed);
+  }
 };
 
 struct ServiceRuntime {
   ServiceConfig config;
   size_t index = 0;
-  SocketAddress accept;  // unset for systemd sockets (config.accept_systemd)
-  SocketAddress backend;
+  SocketAddress accept;  // IP or Unix; unset for systemd sockets (config.accept_systemd)
+  std::unique_ptr<BackendGroup> backends;  // `connect`; null when the service only has routes
+  Router router;                           // [[service.route]]
+  std::shared_ptr<ServiceState> state;
   // Shared with the previous Runtime when nothing it was built from changed, so a reload does
   // not rebuild (and double the memory of) unchanged certificates.
   std::shared_ptr<const ServerTlsContext> tls;         // server mode
@@ -41,6 +54,7 @@ struct ServiceRuntime {
   ServiceMetrics* metrics = nullptr;  // null in --check
 
   std::string listen_key() const;  // identifies the listening socket across reloads
+  bool admits(const sockaddr* client) const;  // allow/deny
 };
 
 struct Runtime {
@@ -59,6 +73,9 @@ struct RuntimeResult {
 // (a reload), TLS contexts whose inputs did not change are reused.
 RuntimeResult build_runtime(const Config& config, Metrics* metrics,
                             const Runtime* previous = nullptr);
+
+// "127.0.0.1:9000, 127.0.0.1:9001 (round-robin); sni api.example.com -> unix:/run/api.sock"
+std::string connect_summary(const ServiceConfig& service);
 
 // SHA-256 (hex) of a file's contents, "" if unreadable.
 std::string file_digest(const std::string& path);

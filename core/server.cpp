@@ -32,6 +32,14 @@ void close_fds(const std::vector<int>& fds) {
   }
 }
 
+// The socket file of a Unix listener ferry created (key "unix:/path"), once nothing listens on it.
+void unlink_unix_socket(const std::string& key) {
+  if (!key.starts_with("unix:")) return;
+  if (::unlink(key.c_str() + 5) != 0 && errno != ENOENT) {
+    LOG_WARN("cannot remove %s: %s", key.c_str(), std::strerror(errno));
+  }
+}
+
 }  // namespace
 
 Server::Server(std::shared_ptr<const Runtime> runtime, Metrics& metrics)
@@ -76,10 +84,26 @@ bool Server::open_listeners(const ServiceRuntime& svc,
       }
       fds.push_back(fd);
     }
+  } else if (svc.accept.is_unix()) {
+    // No SO_REUSEPORT for Unix sockets: one socket, and a dup of it for each worker.
+    const int fd = open_unix_listen_socket(svc.accept, svc.config.backlog, svc.config.unix_mode,
+                                           svc.config.unix_owner, svc.config.unix_group, why);
+    if (fd < 0) return false;
+    fds.push_back(fd);
+    for (unsigned w = 1; w < workers_count_; ++w) {
+      const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (dup < 0) {
+        why = std::string("cannot duplicate the socket: ") + std::strerror(errno);
+        close_fds(fds);
+        unlink_unix_socket(key);
+        return false;
+      }
+      fds.push_back(dup);
+    }
   } else {
     if (address_in_use(svc.accept, why)) return false;
     for (unsigned w = 0; w < workers_count_; ++w) {
-      const int fd = open_listen_socket(svc.accept, why);
+      const int fd = open_listen_socket(svc.accept, svc.config.backlog, why);
       if (fd < 0) {
         close_fds(fds);
         return false;
@@ -155,11 +179,12 @@ int Server::run() {
            runtime_->services.size() == 1 ? "" : "s");
   for (const ServiceRuntime& svc : runtime_->services) {
     LOG_INFO("service %s: accept %s, connect %s", svc.config.name.c_str(), svc.listen_key().c_str(),
-             svc.backend.str().c_str());
+             connect_summary(svc.config).c_str());
   }
   systemd::notify_ready();
   uv_run(&loop_, UV_RUN_DEFAULT);
   for (auto& w : workers_) w->join();
+  for (const auto& [key, fds] : listeners_) unlink_unix_socket(key);
   listeners_.clear();  // the workers closed them
   LOG_INFO("stopped");
   return 0;
@@ -280,7 +305,10 @@ void Server::reload_now(const char* cause) {
   if (!errors.empty()) {
     // Keep serving with what runs now; close only what this attempt opened.
     for (auto& [key, fds] : opened) {
-      if (!listeners_.count(key)) close_fds(fds);
+      if (!listeners_.count(key)) {
+        close_fds(fds);
+        unlink_unix_socket(key);
+      }
     }
     for (const ConfigError& e : errors) LOG_ERROR("reload failed: %s", e.str().c_str());
     LOG_ERROR("reload failed: still running the previous configuration");
@@ -295,6 +323,9 @@ void Server::reload_now(const char* cause) {
     workers_[w]->swap_runtime(next, std::move(fds));
   }
   // Sockets of removed services are closed by the workers when they drop their listeners.
+  for (const auto& [key, fds] : listeners_) {
+    if (!opened.count(key)) unlink_unix_socket(key);
+  }
   listeners_ = std::move(opened);
   log::set_level(next->config.log_level);
   log::set_format(next->config.log_format);

@@ -378,8 +378,9 @@ std::optional<ClientTlsContext> build_client_tls_context(const ServiceConfig& se
 }
 
 bool prepare_client_ssl(SSL* ssl, const ServiceConfig& service, const ClientTlsContext& tls) {
-  std::string name =
-      service.tls.server_name.empty() ? service.connect.host : service.tls.server_name;
+  // The loader defaults server_name to connect's host; a config built in code may leave it out.
+  std::string name = service.tls.server_name;
+  if (name.empty() && !service.connect.backends.empty()) name = service.connect.backends[0].tcp.host;
   const bool verify = service.tls.verify;
   ERR_clear_error();
   if (auto ip = ip_literal(name)) {

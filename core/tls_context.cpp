@@ -108,9 +108,22 @@ std::string key_type_name(const EVP_PKEY* key) {
 // Marks the SSL for the failure classifier and, when the service has SNI certificates (`arg`
 // is its SniSelector), switches to the context for the requested name. With a
 // HelloRetryRequest it runs again on the chosen context, whose `arg` is null.
+int sni_gate_index() {
+  static const int index =
+      checked_ex_index(SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr));
+  return index;
+}
+
 int on_client_hello(SSL* ssl, int* alert, void* arg) {
   static char marker;
   SSL_set_ex_data(ssl, client_hello_seen_index(), &marker);
+  if (auto* gate = static_cast<SniGate*>(SSL_get_ex_data(ssl, sni_gate_index()))) {
+    if (!gate->allow(gate->arg, client_hello_server_name(ssl))) {
+      gate->refused = true;
+      *alert = SSL_AD_UNRECOGNIZED_NAME;
+      return SSL_CLIENT_HELLO_ERROR;
+    }
+  }
   if (arg == nullptr) return SSL_CLIENT_HELLO_SUCCESS;
   const std::string name = client_hello_server_name(ssl);
   if (name.empty()) return SSL_CLIENT_HELLO_SUCCESS;
@@ -361,6 +374,10 @@ std::vector<std::string> sorted(std::vector<std::string> names) {
 }
 
 }  // namespace
+
+void set_sni_gate(SSL* ssl, SniGate* gate) {
+  SSL_set_ex_data(ssl, sni_gate_index(), gate);
+}
 
 int client_hello_seen_index() {
   static const int index =

@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.h"
@@ -43,6 +44,16 @@ struct ServerTlsContext {
 std::optional<ServerTlsContext> build_server_tls_context(const ServiceConfig& service,
                                                          std::vector<ConfigError>& errors,
                                                          std::vector<ConfigError>& warnings);
+
+// A per-connection check of the requested server name, run by the ClientHello callback after the
+// certificate choice (attach with set_sni_gate). `allow` returning false refuses the handshake
+// with an unrecognized_name alert and sets `refused`.
+struct SniGate {
+  bool (*allow)(void* arg, std::string_view server_name) = nullptr;
+  void* arg = nullptr;
+  bool refused = false;
+};
+void set_sni_gate(SSL* ssl, SniGate* gate);
 
 // ex_data index on SSL objects, set to non-null by the ClientHello callback once a ClientHello
 // was parsed. The handshake-failure classifier uses it to tell "not TLS at all" apart.

@@ -6,6 +6,7 @@
 #include "core/connection.h"
 #include "core/listener.h"
 #include "core/log.h"
+#include "core/metrics.h"
 
 namespace ferry {
 
@@ -165,13 +166,39 @@ void Worker::shutdown_now() {
   maybe_end_loop();
 }
 
-void Worker::adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index) {
-  if (stopping_) {
+void Worker::adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index,
+                   bool holds_slot) {
+  const ServiceRuntime& service = runtime_->services[service_index];
+  auto refuse = [&](prometheus::Counter* counter, const char* why) {
     ::close(fd);
+    if (holds_slot) service.state->release(service.config.max_connections);
+    if (counter) {
+      counter->Increment();
+      LOG_DEBUG("service %s: %s %s", service.config.name.c_str(), why,
+                SocketAddress::from(reinterpret_cast<const sockaddr*>(&peer), peer_len)
+                    .str()
+                    .c_str());
+    }
+  };
+  if (stopping_) {
+    refuse(nullptr, "");
     return;
   }
-  const ServiceRuntime& service = runtime_->services[service_index];
+  // Access lists before any TLS work. With accept_proxy they apply to the address the header
+  // carries (checked by the connection); the peer itself must be allowed to send one.
+  const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
+  if (service.config.accept_proxy) {
+    if (!service.config.accept_proxy_from.empty() &&
+        !cidr_match(service.config.accept_proxy_from, sa)) {
+      refuse(service.metrics->rejected_proxy_not_allowed, "PROXY header not accepted from");
+      return;
+    }
+  } else if (!service.admits(sa)) {
+    refuse(service.metrics->rejected_denied, "denied");
+    return;
+  }
   auto* c = new Connection(*this, runtime_, service, fd, peer, peer_len, next_connection_id_++);
+  c->holds_slot = holds_slot;
   c->next = connections_;
   if (connections_) connections_->prev = c;
   connections_ = c;
@@ -183,8 +210,9 @@ void Worker::connection_finished(Connection* c) {
   if (c->prev) c->prev->next = c->next;
   if (c->next) c->next->prev = c->prev;
   if (connections_ == c) connections_ = c->next;
-  delete c;
+  delete c;  // releases its max_connections slot
   active_.fetch_sub(1, std::memory_order_relaxed);
+  for (auto& l : listeners_) l->resume_if_paused();
   maybe_end_loop();
 }
 

@@ -47,7 +47,10 @@ class Worker {
   int id() const { return id_; }
   uv_loop_t* loop() { return &loop_; }
   BufferPool& buffers() { return buffers_; }
-  void adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index);
+  // A new client on service `service_index`; `holds_slot`: it took a max_connections slot.
+  void adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index,
+             bool holds_slot);
+  const ServiceRuntime& service(size_t index) const { return runtime_->services[index]; }
   void connection_finished(Connection* c);  // from the connection's last close callback
 
  private:

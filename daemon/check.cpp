@@ -36,12 +36,10 @@ void print_summary(const Runtime& runtime, std::FILE* out) {
   if (c.metrics) std::fprintf(out, "metrics: http://%s/metrics\n", c.metrics->listen.str().c_str());
   const std::time_t now = std::time(nullptr);
   for (const ServiceRuntime& s : runtime.services) {
-    const std::string accept = s.config.accept_systemd.empty()
-                                   ? s.config.accept.str()
-                                   : "systemd:" + s.config.accept_systemd;
+    const std::string accept = s.listen_key();
     const bool client = s.config.mode == ServiceMode::client;
     std::fprintf(out, "service %s: %s, accept %s, connect %s\n", s.config.name.c_str(),
-                 client ? "client" : "server", accept.c_str(), s.config.connect.str().c_str());
+                 client ? "client" : "server", accept.c_str(), connect_summary(s.config).c_str());
     if (client) {
       const TlsPolicy& t = s.config.tls;
       std::fprintf(out, "  upstream: server_name %s, verify %s, trust %s\n", t.server_name.c_str(),

@@ -630,7 +630,7 @@ idle_timeout = "1h"
   CHECK(web.mode == ferry::ServiceMode::server);
   CHECK(web.accept.host == "::");
   CHECK(web.accept.port == 8443);
-  CHECK(web.connect.str() == "127.0.0.1:8080");
+  CHECK(web.connect.backends.at(0).str() == "127.0.0.1:8080");
   CHECK(web.cert_file == "/etc/ferry/web.crt");
   CHECK(web.key_file == "/etc/ferry/web.key");
   CHECK(web.handshake_timeout == 250ms);

@@ -98,7 +98,7 @@ ServiceConfig client_service(const std::string& server_name, const std::string& 
   ServiceConfig s;
   s.name = "upstream";
   s.mode = ServiceMode::client;
-  s.connect = {"localhost", 8443};
+  s.connect.backends = {ferry::Endpoint{{"localhost", 8443}, ""}};
   s.pos = {kConfigFile, 5, 1};
   s.cert_pos = {kConfigFile, 9, 8};
   s.key_pos = {kConfigFile, 10, 7};

@@ -68,7 +68,7 @@ struct Fixture {
     ServiceConfig svc;
     svc.name = "t";
     svc.accept = {"127.0.0.1", 0};
-    svc.connect = {"127.0.0.1", backend_port};
+    svc.connect.backends.push_back(ferry::Endpoint{{"127.0.0.1", backend_port}, ""});
     svc.cert_file = dir.write("cert.pem", test::to_pem(cert.get()));
     svc.key_file = dir.write("key.pem", test::to_pem(key.get()));
     svc.connect_timeout = std::chrono::milliseconds(2000);
@@ -77,7 +77,7 @@ struct Fixture {
     REQUIRE(built.errors.empty());
     runtime = built.runtime;
     std::string why;
-    const int fd = open_listen_socket(runtime->services[0].accept, why);
+    const int fd = open_listen_socket(runtime->services[0].accept, 128, why);
     REQUIRE_MESSAGE(fd >= 0, why);
     port = local_port(fd);
     worker = std::make_unique<Worker>(0, runtime, std::vector<int>{fd});
@@ -166,7 +166,9 @@ TEST_CASE("a refused backend ends the client's connection and is counted") {
     CHECK(client.read_all().empty());
   }
   CHECK(f.stop());
-  CHECK(f.metric_has("ferry_backend_connect_failures_total{service=\"t\"} 1"));
+  const std::string backend = "127.0.0.1:" + std::to_string(dead_port);
+  CHECK(f.metric_has("ferry_backend_connect_failures_total{backend=\"" + backend +
+                     "\",service=\"t\"} 1"));
   CHECK(f.metric_has(
       "ferry_connections_closed_total{reason=\"backend_connect_failed\",service=\"t\"} 1"));
 }

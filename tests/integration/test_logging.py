@@ -26,7 +26,7 @@ ACCESS_FIELDS = {
     "time": (str,), "level": (str,), "worker": (int,), "conn": (int,), "type": (str,),
     "service": (str,), "client_addr": (str,), "client_port": (int,), "sni": (str, None),
     "alpn": (str, None), "version": (str, None), "cipher": (str, None), "resumed": (bool,),
-    "client_cert": (str, None), "backend": (str,), "to_backend": (int,), "to_client": (int,),
+    "client_cert": (str, None), "backend": (str, None), "to_backend": (int,), "to_client": (int,),
     "handshake_s": (float, int, None), "duration_s": (float, int), "end": (str,),
 }
 

@@ -1,0 +1,258 @@
+// Loader, part 3: where a service's connections come from and go to: backends and their
+// balancing, SNI routes, the PROXY protocol both ways, limits, access lists, socket options.
+#include <algorithm>
+
+#include "config/loader_internal.h"
+
+namespace ferry::detail {
+namespace {
+
+constexpr size_t kMaxBackends = 64;  // per group: a connection tracks tried ones in a bit mask
+
+bool valid_route_name(std::string_view name) {
+  if (name.starts_with("*.")) name.remove_prefix(2);
+  if (name.empty() || name.size() > 253 || name.front() == '.' || name.back() == '.') return false;
+  char prev = '.';
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+                    c == '_';
+    if (!ok || (c == '.' && prev == '.')) return false;
+    prev = c;
+  }
+  return true;
+}
+
+std::string lower(std::string text) {
+  for (char& c : text) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return text;
+}
+
+}  // namespace
+
+bool Loader::integer_at(const toml::table& table, std::string_view name, const std::string& key,
+                        int64_t min, int64_t max, int64_t& out) {
+  const toml::node* node = table.get(name);
+  if (!node) return false;
+  const auto* value = node->as_integer();
+  if (!value) {
+    type_error(*node, key, "an integer");
+    return false;
+  }
+  if (value->get() < min || value->get() > max) {
+    error(node->source(), key,
+          "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    return false;
+  }
+  out = value->get();
+  return true;
+}
+
+void Loader::cidrs_at(const toml::table& table, std::string_view name, const std::string& key,
+                      std::vector<Cidr>& out) {
+  std::vector<std::string> texts;
+  if (!strings_at(table, name, key, texts)) return;
+  const toml::array& array = *table.get(name)->as_array();
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (texts[i].empty()) continue;  // reported by strings_at
+    std::string why;
+    if (auto cidr = parse_cidr(texts[i], &why)) {
+      out.push_back(*cidr);
+    } else {
+      error(array.get(i)->source(), key + "[" + std::to_string(i) + "]",
+            "bad address range " + in_quotes(texts[i]) + ": " + why);
+    }
+  }
+}
+
+// `connect` (a string or an array of strings), `balance` and `proxy_protocol` of a service or
+// a route table.
+void Loader::backend_group_at(const toml::table& table, const std::string& prefix, bool client,
+                              BackendGroupConfig& group) {
+  if (const toml::node* node = table.get("connect")) {
+    std::vector<std::pair<std::string, const toml::node*>> items;
+    if (const auto* one = node->as_string()) {
+      items.emplace_back(prefix + "connect", one);
+    } else if (const toml::array* array = node->as_array()) {
+      if (array->empty()) error(node->source(), prefix + "connect", "must not be empty");
+      if (array->size() > kMaxBackends) {
+        error(node->source(), prefix + "connect",
+              "at most " + std::to_string(kMaxBackends) + " backends");
+      }
+      for (size_t i = 0; i < array->size() && i < kMaxBackends; ++i) {
+        items.emplace_back(prefix + "connect[" + std::to_string(i) + "]", array->get(i));
+      }
+    } else {
+      type_error(*node, prefix + "connect", "a string or an array of strings");
+    }
+    for (const auto& [key, item] : items) {
+      const auto* text = item->as_string();
+      if (!text) {
+        type_error(*item, key, "a string");
+        continue;
+      }
+      std::string why;
+      auto endpoint = parse_endpoint(text->get(), &why);
+      if (!endpoint) {
+        error(item->source(), key, "bad address " + in_quotes(text->get()) + ": " + why);
+        continue;
+      }
+      const std::string written = endpoint->str();
+      for (const Endpoint& e : group.backends) {
+        if (e.str() == written) error(item->source(), key, "duplicate backend " + written);
+      }
+      group.backends.push_back(std::move(*endpoint));
+      group.positions.push_back(pos_of(item->source()));
+    }
+  }
+  if (const std::string* balance = string_at(table, "balance", prefix + "balance")) {
+    if (*balance == "round-robin") {
+      group.balance = Balance::round_robin;
+    } else if (*balance == "failover") {
+      group.balance = Balance::failover;
+    } else if (*balance == "least-connections") {
+      group.balance = Balance::least_connections;
+    } else {
+      error(table.get("balance")->source(), prefix + "balance",
+            "bad balance " + in_quotes(*balance) +
+                " (use round-robin, failover or least-connections)");
+    }
+  }
+  if (const std::string* pp = string_at(table, "proxy_protocol", prefix + "proxy_protocol")) {
+    if (client) {
+      error(table.get("proxy_protocol")->source(), prefix + "proxy_protocol",
+            "only for server mode (the header goes to the plaintext backend)");
+    } else if (*pp == "v1") {
+      group.proxy_protocol = ProxyProtocol::v1;
+    } else if (*pp == "v2") {
+      group.proxy_protocol = ProxyProtocol::v2;
+    } else if (*pp != "none") {
+      error(table.get("proxy_protocol")->source(), prefix + "proxy_protocol",
+            "bad version " + in_quotes(*pp) + " (use v1, v2 or none)");
+    }
+  }
+}
+
+void Loader::load_service_network(const toml::table& table, const std::string& prefix,
+                                  ServiceConfig& service) {
+  const bool client = service.mode == ServiceMode::client;
+  auto source = [&](std::string_view name) { return table.get(name)->source(); };
+  auto server_only = [&](std::string_view name) {
+    if (!table.contains(name)) return false;
+    if (!client) return true;
+    error(source(name), prefix + std::string(name), "only for server mode");
+    return false;
+  };
+
+  // ---- where connections go ----
+  backend_group_at(table, prefix, client, service.connect);
+  if (table.contains("connect")) service.connect_pos = pos_of(source("connect"));
+  if (server_only("route")) {
+    const toml::node& node = *table.get("route");
+    const toml::array* routes = node.as_array();
+    if (!routes) {
+      type_error(node, prefix + "route", "an array of tables ([[service.route]])");
+    } else {
+      std::map<std::string, int> seen;  // sni -> line
+      for (size_t i = 0; i < routes->size(); ++i) {
+        const std::string rprefix = prefix + "route[" + std::to_string(i) + "].";
+        const toml::table* rt = table_at(*routes->get(i), prefix + "route[" + std::to_string(i) + "]");
+        if (!rt) continue;
+        check_keys(*rt, rprefix, {"sni", "connect", "balance", "proxy_protocol"});
+        RouteConfig route;
+        route.pos = pos_of(rt->source());
+        // A route without its own balance or proxy_protocol follows the service's.
+        route.group.balance = service.connect.balance;
+        route.group.proxy_protocol = service.connect.proxy_protocol;
+        if (!rt->contains("sni")) error(rt->source(), rprefix + "sni", "missing required key");
+        if (const std::string* sni = string_at(*rt, "sni", rprefix + "sni")) {
+          route.sni = lower(*sni);
+          if (!valid_route_name(route.sni)) {
+            error(rt->get("sni")->source(), rprefix + "sni",
+                  "bad server name " + in_quotes(*sni) +
+                      " (a DNS name, or *.example.com for exactly one more label)");
+          } else if (auto [it, fresh] =
+                         seen.emplace(route.sni, static_cast<int>(rt->source().begin.line));
+                     !fresh) {
+            error(rt->get("sni")->source(), rprefix + "sni",
+                  "duplicate route for " + in_quotes(route.sni) + " (first at line " +
+                      std::to_string(it->second) + ")");
+          }
+        }
+        if (!rt->contains("connect")) {
+          error(rt->source(), rprefix + "connect", "missing required key");
+        }
+        backend_group_at(*rt, rprefix, false, route.group);
+        service.routes.push_back(std::move(route));
+      }
+    }
+  }
+  if (!table.contains("connect") && (client || service.routes.empty())) {
+    error(table.source(), prefix + "connect", "missing required key");
+  }
+
+  int64_t value = 0;
+  if (integer_at(table, "max_fails", prefix + "max_fails", 1, 1000, value)) {
+    service.max_fails = static_cast<unsigned>(value);
+  }
+  duration_at(table, "fail_timeout", prefix + "fail_timeout", service.fail_timeout);
+
+  // ---- where connections come from ----
+  if (server_only("accept_proxy")) bool_at(table, "accept_proxy", prefix + "accept_proxy", service.accept_proxy);
+  if (server_only("accept_proxy_from")) {
+    cidrs_at(table, "accept_proxy_from", prefix + "accept_proxy_from", service.accept_proxy_from);
+    if (!service.accept_proxy) {
+      error(source("accept_proxy_from"), prefix + "accept_proxy_from",
+            "needs accept_proxy = true");
+    }
+  }
+  if (integer_at(table, "max_connections", prefix + "max_connections", 0, 10'000'000, value)) {
+    service.max_connections = static_cast<unsigned>(value);
+  }
+  cidrs_at(table, "allow", prefix + "allow", service.allow);
+  cidrs_at(table, "deny", prefix + "deny", service.deny);
+  if (const std::string* ka = string_at(table, "tcp_keepalive", prefix + "tcp_keepalive")) {
+    if (*ka == "off" || *ka == "0") {
+      service.tcp_keepalive = std::chrono::milliseconds(0);
+    } else {
+      duration_at(table, "tcp_keepalive", prefix + "tcp_keepalive", service.tcp_keepalive);
+      if (service.tcp_keepalive.count() > 0 && service.tcp_keepalive.count() < 1000) {
+        error(source("tcp_keepalive"), prefix + "tcp_keepalive", "must be at least 1s (or off)");
+      }
+    }
+  }
+  if (integer_at(table, "backlog", prefix + "backlog", 1, 65535, value)) {
+    service.backlog = static_cast<int>(value);
+  }
+
+  // ---- Unix listeners ----
+  const bool unix_accept = !service.accept_unix.empty();
+  for (std::string_view name : {"unix_mode", "unix_owner", "unix_group"}) {
+    if (table.contains(name) && !unix_accept) {
+      error(source(name), prefix + std::string(name), "only with accept = \"unix:/path\"");
+    }
+  }
+  if (const std::string* mode = string_at(table, "unix_mode", prefix + "unix_mode")) {
+    int bits = 0;
+    bool ok = mode->size() >= 3 && mode->size() <= 4;
+    for (char c : *mode) {
+      ok = ok && c >= '0' && c <= '7';
+      bits = bits * 8 + (c - '0');
+    }
+    if (!ok || bits > 0777) {
+      error(source("unix_mode"), prefix + "unix_mode",
+            "bad mode " + in_quotes(*mode) + " (octal permission bits, e.g. \"0660\")");
+    } else {
+      service.unix_mode = bits;
+    }
+  }
+  if (const std::string* owner = string_at(table, "unix_owner", prefix + "unix_owner")) {
+    service.unix_owner = *owner;
+  }
+  if (const std::string* group = string_at(table, "unix_group", prefix + "unix_group")) {
+    service.unix_group = *group;
+  }
+}
+
+}  // namespace ferry::detail

@@ -27,12 +27,13 @@ struct SslInfo {
 
 // What a header says. Addresses are AF_INET or AF_INET6 (same family for both), or
 // AF_UNSPEC when the connection is not TCP over IP (v1 "UNKNOWN", v2 AF_UNSPEC or LOCAL).
+// parse leaves `ssl` nullopt for an SSL TLV without PP2_CLIENT_SSL (the client did not use TLS).
 struct Header {
-  sockaddr_storage src{};  // the client
-  sockaddr_storage dst{};  // the address the client connected to
-  bool local = false;      // v2 LOCAL command (a health check from the proxy itself)
-  std::string alpn;        // PP2_TYPE_ALPN (0x01), empty: absent
-  std::string authority;   // PP2_TYPE_AUTHORITY (0x02): the SNI, empty: absent
+  sockaddr_storage src{};      // the client
+  sockaddr_storage dst{};      // the address the client connected to
+  bool local = false;          // v2 LOCAL command (a health check from the proxy itself)
+  std::string alpn;            // PP2_TYPE_ALPN (0x01), empty: absent
+  std::string authority;       // PP2_TYPE_AUTHORITY (0x02): the SNI, empty: absent
   std::optional<SslInfo> ssl;  // PP2_TYPE_SSL (0x20); nullopt: absent
 };
 
@@ -44,7 +45,12 @@ std::string encode_v1(const Header& h);
 // field of `h` in type order: ALPN, AUTHORITY, SSL (flags PP2_CLIENT_SSL plus the cert flags,
 // verify, then sub-TLVs 0x21..0x25 for the non-empty strings). A mismatched or non-IP family is
 // sent as AF_UNSPEC with no address block. Strings longer than a TLV can hold are truncated.
+// LOCAL is always sent as AF_UNSPEC (the receiver ignores its addresses). No CRC32C TLV.
 std::string encode_v2(const Header& h);
+
+// "What a TLV can hold" for encode_v2: each string TLV and sub-TLV value is cut to this many
+// bytes (ALPN ids and host names are at most 255 bytes), so every encoded header parses.
+constexpr size_t kMaxV2StringLength = 255;
 
 enum class ParseStatus {
   incomplete,  // a valid prefix: read more bytes (the caller bounds time and size)

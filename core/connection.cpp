@@ -74,7 +74,8 @@ void fill_proxy_tls_fields(const SSL* ssl, proxy::Header& h) {
   if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) h.authority = sni;
   proxy::SslInfo info;
   const X509* peer = SSL_get0_peer_certificate(ssl);
-  info.client_cert_conn = peer != nullptr;
+  // On a resumed session the certificate came with the session, not on this connection.
+  info.client_cert_conn = peer != nullptr && !SSL_session_reused(ssl);
   const SSL_SESSION* session = SSL_get_session(ssl);
   info.client_cert_sess = session && SSL_SESSION_get0_peer(const_cast<SSL_SESSION*>(session));
   // The spec: 0 only when a certificate was presented and verified.
@@ -123,7 +124,12 @@ Connection::Connection(Worker& worker, std::shared_ptr<const Runtime> runtime,
       id_(id),
       tls_fd_(service.config.mode == ServiceMode::client ? -1 : fd),
       accepted_fd_(service.config.mode == ServiceMode::client ? fd : -1),
-      peer_(SocketAddress::from(reinterpret_cast<const sockaddr*>(&peer), peer_len)) {}
+      peer_(SocketAddress::from(reinterpret_cast<const sockaddr*>(&peer), peer_len)) {
+  // A client on a Unix socket has no address of its own: name the socket it came through.
+  if (peer_.is_unix() && peer_.unix_path().empty() && service.accept.is_unix()) {
+    peer_ = service.accept;
+  }
+}
 
 Connection::~Connection() {
   BufferPool& pool = worker_.buffers();
@@ -1021,7 +1027,7 @@ void Connection::log_access() const {
   const unsigned char* alpn = nullptr;
   unsigned alpn_len = 0;
   if (negotiated) SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
-  const std::string client_host = peer_.host();
+  const std::string client_host = peer_.is_unix() ? peer_.str() : peer_.host();
   const std::string sni = ssl ? printable_sni(ssl) : "";
   const std::string subject = negotiated ? client_cert_subject(ssl, client_mode()) : "";
   std::string backend;

@@ -322,14 +322,18 @@ void access(const AccessRecord& r) {
     begin_line(line, LogLevel::info, r.conn, false);
     line += "access";
     append_text_field(line, "service", r.service);
-    // "client=127.0.0.1:41234", "client=[::1]:41234"
+    // "client=127.0.0.1:41234", "client=[::1]:41234", "client=unix:/run/ferry.sock"
     std::string client;
-    const bool v6 = r.client_addr.find(':') != std::string_view::npos;
-    if (v6) client += '[';
-    client += r.client_addr;
-    if (v6) client += ']';
-    client += ':';
-    append_uint(client, r.client_port);
+    if (r.client_addr.starts_with("unix:")) {
+      client = r.client_addr;
+    } else {
+      const bool v6 = r.client_addr.find(':') != std::string_view::npos;
+      if (v6) client += '[';
+      client += r.client_addr;
+      if (v6) client += ']';
+      client += ':';
+      append_uint(client, r.client_port);
+    }
     append_text_field(line, "client", r.client_addr.empty() ? std::string_view() : client);
     append_text_field(line, "version", r.version);
     append_text_field(line, "cipher", r.cipher);

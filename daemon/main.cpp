@@ -71,8 +71,12 @@ int run(const ferry::CliOptions& opts) {
     return ferry::kExitOk;
   }
 
-  ferry::Server server(built.runtime, *metrics);
   std::vector<ferry::ConfigError> errors;
+  if (!ferry::apply_open_files_limit(config, errors)) {
+    print_errors(errors, "");
+    return kExitConfig;
+  }
+  ferry::Server server(built.runtime, *metrics);
   if (!server.bind(errors)) {
     print_errors(errors, "");
     return kExitConfig;

@@ -3,6 +3,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -199,6 +200,29 @@ bool drop_privileges(const Config& config, std::vector<ConfigError>& errors) {
     return false;
   }
   return true;
+}
+
+bool apply_open_files_limit(const Config& config, std::vector<ConfigError>& errors) {
+  if (config.max_open_files == 0) return true;
+  const rlim_t want = static_cast<rlim_t>(config.max_open_files);
+  rlimit now{};
+  ::getrlimit(RLIMIT_NOFILE, &now);
+  rlimit next{want, want};
+  if (::setrlimit(RLIMIT_NOFILE, &next) == 0) {
+    LOG_DEBUG("open files limit set to %llu", static_cast<unsigned long long>(want));
+    return true;
+  }
+  const int err = errno;
+  if (want <= now.rlim_max) {
+    next = {want, now.rlim_max};  // lowering the hard limit is not needed: keep it
+    if (::setrlimit(RLIMIT_NOFILE, &next) == 0) return true;
+  }
+  errors.push_back({config.max_open_files_pos, "global.max_open_files",
+                    "cannot raise the open files limit to " + std::to_string(want) +
+                        " (hard limit " + std::to_string(now.rlim_max) + "): " +
+                        std::strerror(err) +
+                        "; start ferry as root or raise LimitNOFILE= in its unit"});
+  return false;
 }
 
 }  // namespace ferry

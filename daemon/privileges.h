@@ -20,4 +20,9 @@ bool check_user_exists(const Config& config, std::vector<ConfigError>& errors);
 // failure; the caller must then exit without serving.
 bool drop_privileges(const Config& config, std::vector<ConfigError>& errors);
 
+// [global] max_open_files: set RLIMIT_NOFILE (soft and hard) before anything is opened. Raising
+// the hard limit needs root (or CAP_SYS_RESOURCE); without it, a value above the hard limit is an
+// error naming that limit.
+bool apply_open_files_limit(const Config& config, std::vector<ConfigError>& errors);
+
 }  // namespace ferry

@@ -1,6 +1,8 @@
 // Loader, part 3: where a service's connections come from and go to: backends and their
 // balancing, SNI routes, the PROXY protocol both ways, limits, access lists, socket options.
 #include <algorithm>
+#include <string>
+#include <utility>
 
 #include "config/loader_internal.h"
 
@@ -14,8 +16,8 @@ bool valid_route_name(std::string_view name) {
   if (name.empty() || name.size() > 253 || name.front() == '.' || name.back() == '.') return false;
   char prev = '.';
   for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-                    c == '_';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
     if (!ok || (c == '.' && prev == '.')) return false;
     prev = c;
   }
@@ -53,15 +55,18 @@ void Loader::cidrs_at(const toml::table& table, std::string_view name, const std
                       std::vector<Cidr>& out) {
   std::vector<std::string> texts;
   if (!strings_at(table, name, key, texts)) return;
+  // Walk the array itself, not `texts`: strings_at skips elements of the wrong type, so their
+  // indexes would no longer match.
   const toml::array& array = *table.get(name)->as_array();
-  for (size_t i = 0; i < texts.size(); ++i) {
-    if (texts[i].empty()) continue;  // reported by strings_at
+  for (size_t i = 0; i < array.size(); ++i) {
+    const auto* text = array.get(i)->as_string();
+    if (!text || text->get().empty()) continue;  // reported by strings_at
     std::string why;
-    if (auto cidr = parse_cidr(texts[i], &why)) {
+    if (auto cidr = parse_cidr(text->get(), &why)) {
       out.push_back(*cidr);
     } else {
       error(array.get(i)->source(), key + "[" + std::to_string(i) + "]",
-            "bad address range " + in_quotes(texts[i]) + ": " + why);
+            "bad address range " + in_quotes(text->get()) + ": " + why);
     }
   }
 }
@@ -99,8 +104,13 @@ void Loader::backend_group_at(const toml::table& table, const std::string& prefi
         continue;
       }
       const std::string written = endpoint->str();
-      for (const Endpoint& e : group.backends) {
-        if (e.str() == written) error(item->source(), key, "duplicate backend " + written);
+      const auto first = std::find_if(group.backends.begin(), group.backends.end(),
+                                      [&](const Endpoint& e) { return e.str() == written; });
+      if (first != group.backends.end()) {
+        const SourcePos& at = group.positions[first - group.backends.begin()];
+        error(item->source(), key,
+              "duplicate backend " + written + " (first at line " + std::to_string(at.line) + ")");
+        continue;
       }
       group.backends.push_back(std::move(*endpoint));
       group.positions.push_back(pos_of(item->source()));
@@ -122,12 +132,14 @@ void Loader::backend_group_at(const toml::table& table, const std::string& prefi
   if (const std::string* pp = string_at(table, "proxy_protocol", prefix + "proxy_protocol")) {
     if (client) {
       error(table.get("proxy_protocol")->source(), prefix + "proxy_protocol",
-            "only for server mode (the header goes to the plaintext backend)");
+            "only for mode = \"server\" (the header goes to the plaintext backend)");
+    } else if (*pp == "none") {
+      group.proxy_protocol = ProxyProtocol::none;  // also overrides the service's, in a route
     } else if (*pp == "v1") {
       group.proxy_protocol = ProxyProtocol::v1;
     } else if (*pp == "v2") {
       group.proxy_protocol = ProxyProtocol::v2;
-    } else if (*pp != "none") {
+    } else {
       error(table.get("proxy_protocol")->source(), prefix + "proxy_protocol",
             "bad version " + in_quotes(*pp) + " (use v1, v2 or none)");
     }
@@ -141,7 +153,7 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
   auto server_only = [&](std::string_view name) {
     if (!table.contains(name)) return false;
     if (!client) return true;
-    error(source(name), prefix + std::string(name), "only for server mode");
+    error(source(name), prefix + std::string(name), "only for mode = \"server\"");
     return false;
   };
 
@@ -157,7 +169,8 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
       std::map<std::string, int> seen;  // sni -> line
       for (size_t i = 0; i < routes->size(); ++i) {
         const std::string rprefix = prefix + "route[" + std::to_string(i) + "].";
-        const toml::table* rt = table_at(*routes->get(i), prefix + "route[" + std::to_string(i) + "]");
+        const toml::table* rt =
+            table_at(*routes->get(i), prefix + "route[" + std::to_string(i) + "]");
         if (!rt) continue;
         check_keys(*rt, rprefix, {"sni", "connect", "balance", "proxy_protocol"});
         RouteConfig route;
@@ -172,8 +185,8 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
             error(rt->get("sni")->source(), rprefix + "sni",
                   "bad server name " + in_quotes(*sni) +
                       " (a DNS name, or *.example.com for exactly one more label)");
-          } else if (auto [it, fresh] =
-                         seen.emplace(route.sni, static_cast<int>(rt->source().begin.line));
+          } else if (auto [it, fresh] = seen.emplace(
+                         route.sni, static_cast<int>(rt->get("sni")->source().begin.line));
                      !fresh) {
             error(rt->get("sni")->source(), rprefix + "sni",
                   "duplicate route for " + in_quotes(route.sni) + " (first at line " +
@@ -199,12 +212,14 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
   duration_at(table, "fail_timeout", prefix + "fail_timeout", service.fail_timeout);
 
   // ---- where connections come from ----
-  if (server_only("accept_proxy")) bool_at(table, "accept_proxy", prefix + "accept_proxy", service.accept_proxy);
+  if (server_only("accept_proxy")) {
+    bool_at(table, "accept_proxy", prefix + "accept_proxy", service.accept_proxy);
+  }
   if (server_only("accept_proxy_from")) {
     cidrs_at(table, "accept_proxy_from", prefix + "accept_proxy_from", service.accept_proxy_from);
-    if (!service.accept_proxy) {
-      error(source("accept_proxy_from"), prefix + "accept_proxy_from",
-            "needs accept_proxy = true");
+    const toml::node* accept_proxy = table.get("accept_proxy");
+    if (!service.accept_proxy && (!accept_proxy || accept_proxy->is_boolean())) {
+      error(source("accept_proxy_from"), prefix + "accept_proxy_from", "needs accept_proxy = true");
     }
   }
   if (integer_at(table, "max_connections", prefix + "max_connections", 0, 10'000'000, value)) {
@@ -212,13 +227,19 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
   }
   cidrs_at(table, "allow", prefix + "allow", service.allow);
   cidrs_at(table, "deny", prefix + "deny", service.deny);
-  if (const std::string* ka = string_at(table, "tcp_keepalive", prefix + "tcp_keepalive")) {
-    if (*ka == "off" || *ka == "0") {
+  if (const toml::node* node = table.get("tcp_keepalive")) {
+    const auto* ka = node->as_string();
+    if (!ka) {
+      type_error(*node, prefix + "tcp_keepalive", "a duration string such as \"60s\" or \"off\"");
+    } else if (ka->get() == "off" || ka->get() == "0") {
       service.tcp_keepalive = std::chrono::milliseconds(0);
     } else {
-      duration_at(table, "tcp_keepalive", prefix + "tcp_keepalive", service.tcp_keepalive);
-      if (service.tcp_keepalive.count() > 0 && service.tcp_keepalive.count() < 1000) {
-        error(source("tcp_keepalive"), prefix + "tcp_keepalive", "must be at least 1s (or off)");
+      std::chrono::milliseconds keepalive{0};
+      duration_at(table, "tcp_keepalive", prefix + "tcp_keepalive", keepalive);
+      if (keepalive.count() > 0 && keepalive.count() < 1000) {
+        error(node->source(), prefix + "tcp_keepalive", "must be at least 1s (or off)");
+      } else {
+        service.tcp_keepalive = keepalive;
       }
     }
   }
@@ -227,31 +248,39 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
   }
 
   // ---- Unix listeners ----
-  const bool unix_accept = !service.accept_unix.empty();
+  // A bad "unix:..." accept is reported there; its socket options are not blamed as well.
+  const toml::node* accept = table.get("accept");
+  const bool unix_accept =
+      !service.accept_unix.empty() ||
+      (accept && accept->is_string() && accept->as_string()->get().starts_with("unix:"));
   for (std::string_view name : {"unix_mode", "unix_owner", "unix_group"}) {
     if (table.contains(name) && !unix_accept) {
       error(source(name), prefix + std::string(name), "only with accept = \"unix:/path\"");
     }
   }
-  if (const std::string* mode = string_at(table, "unix_mode", prefix + "unix_mode")) {
-    int bits = 0;
-    bool ok = mode->size() >= 3 && mode->size() <= 4;
-    for (char c : *mode) {
-      ok = ok && c >= '0' && c <= '7';
-      bits = bits * 8 + (c - '0');
-    }
-    if (!ok || bits > 0777) {
-      error(source("unix_mode"), prefix + "unix_mode",
-            "bad mode " + in_quotes(*mode) + " (octal permission bits, e.g. \"0660\")");
+  if (const toml::node* node = table.get("unix_mode")) {
+    if (const auto* mode = node->as_string()) {
+      const std::string& text = mode->get();
+      const bool ok = text.size() >= 3 && text.size() <= 4 &&
+                      text.find_first_not_of("01234567") == std::string::npos &&
+                      (text.size() == 3 || text[0] == '0');
+      if (ok) {
+        service.unix_mode = static_cast<int>(std::stoi(text, nullptr, 8));
+      } else {
+        error(node->source(), prefix + "unix_mode",
+              "bad mode " + in_quotes(text) + " (octal permission bits, e.g. \"0660\")");
+      }
     } else {
-      service.unix_mode = bits;
+      // A string, not an integer: unix_mode = 660 would silently be decimal.
+      type_error(*node, prefix + "unix_mode", "an octal string such as \"0660\"");
     }
   }
-  if (const std::string* owner = string_at(table, "unix_owner", prefix + "unix_owner")) {
-    service.unix_owner = *owner;
-  }
-  if (const std::string* group = string_at(table, "unix_group", prefix + "unix_group")) {
-    service.unix_group = *group;
+  for (auto [name, out] : {std::pair{"unix_owner", &service.unix_owner},
+                           std::pair{"unix_group", &service.unix_group}}) {
+    if (const std::string* who = string_at(table, name, prefix + name)) {
+      if (who->empty()) error(source(name), prefix + name, "must not be empty");
+      *out = *who;
+    }
   }
 }
 

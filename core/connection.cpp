@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/tls_client_context.h"
+#include "core/tls_write_buffer.h"
 #include "core/worker.h"
 
 namespace ferry {
@@ -178,9 +179,22 @@ bool Connection::init_tls_poll() {
 bool Connection::create_ssl() {
   SSL_CTX* ctx = client_mode() ? service_.client_tls->ctx.get() : service_.tls->ctx.get();
   ssl_.reset(SSL_new(ctx));
-  const bool ok =
-      ssl_ && SSL_set_fd(ssl_.get(), tls_fd_) == 1 &&
-      (!client_mode() || prepare_client_ssl(ssl_.get(), service_.config, *service_.client_tls));
+  bool ok = ssl_ != nullptr;
+  if (ok) {
+    // Reads straight from the socket; writes gathered so several records go in one send().
+    BIO* rbio = BIO_new_socket(tls_fd_, BIO_NOCLOSE);
+    tx_.emplace(worker_.tls_tx_buffers(), tls_fd_);
+    BIO* wbio = tx_->make_bio();
+    ok = rbio && wbio;
+    if (ok) {
+      SSL_set_bio(ssl_.get(), rbio, wbio);  // the SSL owns both now
+    } else {
+      BIO_free(rbio);
+      BIO_free(wbio);
+    }
+  }
+  ok = ok && (!client_mode() ||
+              prepare_client_ssl(ssl_.get(), service_.config, *service_.client_tls));
   if (!ok) CLOG_WARN(id_, "cannot create TLS session: %s", drain_openssl_errors().c_str());
   return ok;
 }
@@ -789,9 +803,18 @@ void Connection::pump() {
   flush_tls();
   if (state_ != State::splicing) return;
   read_tls();
-  if (state_ != State::splicing) return;
+  if (state_ != State::splicing || !flush_tx()) return;
   update_poll();
   maybe_finish();
+}
+
+// Send the records gathered in tx_. False if the connection ended on a socket error.
+bool Connection::flush_tx() {
+  if (!tx_ || tx_->pending() == 0) return true;
+  if (tx_->flush() != TlsWriteBuffer::Flush::error) return true;
+  CLOG_DEBUG(id_, "TLS write failed: %s", std::strerror(tx_->error()));
+  close(tls_side_error());
+  return false;
 }
 
 void Connection::read_tls() {
@@ -963,6 +986,7 @@ void Connection::flush_tls() {
     tls_io_error(err, "write");
     return;
   }
+  if (!flush_tx()) return;
   if (down_buf_) {
     worker_.buffers().put(down_buf_);
     down_buf_ = nullptr;
@@ -983,6 +1007,8 @@ void Connection::send_close_notify() {
     ERR_clear_error();
     if (err == SSL_ERROR_WANT_WRITE) return;  // retried from flush_tls when writable
   }
+  // The FIN goes after the alert: only once everything buffered is sent.
+  if (!flush_tx() || (tx_ && tx_->pending() != 0)) return;
   ::shutdown(tls_fd_, SHUT_WR);
   down_done_ = true;
 }
@@ -998,6 +1024,7 @@ void Connection::update_poll() {
   } else if (plain_eof_ && !down_done_) {
     ev |= UV_WRITABLE;  // close_notify still to be sent
   }
+  if (tx_ && tx_->pending() != 0) ev |= UV_WRITABLE;  // records gathered but not yet sent
   set_poll(ev);
 }
 

@@ -21,9 +21,6 @@
 namespace ferry {
 namespace {
 
-// TLS read buffer with read-ahead: four full records per read() (released when empty).
-constexpr size_t kTlsReadBuffer = 4 * (SSL3_RT_MAX_PLAIN_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD);
-
 // TLS 1.2: forward secrecy and AEAD only. TLS 1.3 suites stay at OpenSSL's defaults (all AEAD).
 constexpr const char* kTls12Ciphers =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -235,8 +232,6 @@ bool apply_policy(SSL_CTX* ctx, const std::string& service_name, std::string& wh
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_read_ahead(ctx, 1);
-  // With read-ahead, one read() takes up to this many bytes: several records per syscall.
-  SSL_CTX_set_default_read_buffer_len(ctx, kTlsReadBuffer);
   SSL_CTX_set_dh_auto(ctx, 1);  // DHE suites work when `ciphers` asks for them
 
   // Sessions from one service must not resume on another: the context id is derived from the

@@ -24,15 +24,15 @@ class Gauge;
 namespace ferry {
 
 struct Backend {
-  Endpoint endpoint;      // as configured
-  std::string label;      // endpoint.str(): the metrics' backend label and the logs'
-  SocketAddress address;  // numeric hosts and unix paths; unset (len 0) for names
+  Endpoint endpoint;       // as configured
+  std::string label;       // endpoint.str(): the metrics' backend label and the logs'
+  SocketAddress address;   // numeric hosts and unix paths; unset (len 0) for names
   bool needs_dns = false;  // a host name: resolved per connection, asynchronously
 
   // Shared by all workers.
-  mutable std::atomic<unsigned> fails{0};         // consecutive failed connects
+  mutable std::atomic<unsigned> fails{0};          // consecutive failed connects
   mutable std::atomic<uint64_t> down_until_ms{0};  // steady-clock ms; 0 or past: eligible
-  mutable std::atomic<int> active{0};             // connections using it now
+  mutable std::atomic<int> active{0};              // connections using it now
 
   prometheus::Gauge* up = nullptr;  // null in --check and unit tests
   prometheus::Counter* connections = nullptr;

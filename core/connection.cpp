@@ -21,12 +21,15 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/tls_client_context.h"
+#include "core/tls_write_buffer.h"
 #include "core/worker.h"
 
 namespace ferry {
 namespace {
 
 constexpr size_t kBufSize = BufferPool::kBufferSize;
+// TLS read buffer once established: four full records per read() (released when empty).
+constexpr size_t kTlsReadBuffer = 4 * (SSL3_RT_MAX_PLAIN_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD);
 
 uv_stream_t* stream(uv_tcp_t* t) {
   return reinterpret_cast<uv_stream_t*>(t);
@@ -84,8 +87,8 @@ void fill_proxy_tls_fields(const SSL* ssl, proxy::Header& h) {
   if (const char* cipher = SSL_get_cipher_name(ssl)) info.cipher = cipher;
   if (peer) {
     char cn[256];
-    const int len = X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn,
-                                              sizeof cn);
+    const int len =
+        X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
     if (len > 0) info.cn.assign(cn, static_cast<size_t>(len));
   }
   // The certificate ferry presented: its signature and key algorithms.
@@ -137,8 +140,8 @@ Connection::~Connection() {
   pool.put(down_buf_);
   free_dns();
   if (backend_counted_) {
-    group_->backends()[static_cast<size_t>(backend_)]->active.fetch_sub(
-        1, std::memory_order_relaxed);
+    group_->backends()[static_cast<size_t>(backend_)]->active.fetch_sub(1,
+                                                                        std::memory_order_relaxed);
   }
   if (holds_slot) service_.state->connections.fetch_sub(1, std::memory_order_relaxed);
   ssl_.reset();
@@ -178,9 +181,22 @@ bool Connection::init_tls_poll() {
 bool Connection::create_ssl() {
   SSL_CTX* ctx = client_mode() ? service_.client_tls->ctx.get() : service_.tls->ctx.get();
   ssl_.reset(SSL_new(ctx));
-  const bool ok =
-      ssl_ && SSL_set_fd(ssl_.get(), tls_fd_) == 1 &&
-      (!client_mode() || prepare_client_ssl(ssl_.get(), service_.config, *service_.client_tls));
+  bool ok = ssl_ != nullptr;
+  if (ok) {
+    // Reads straight from the socket; writes gathered so several records go in one send().
+    BIO* rbio = BIO_new_socket(tls_fd_, BIO_NOCLOSE);
+    tx_.emplace(worker_.tls_tx_buffers(), tls_fd_);
+    BIO* wbio = tx_->make_bio();
+    ok = rbio && wbio;
+    if (ok) {
+      SSL_set_bio(ssl_.get(), rbio, wbio);  // the SSL owns both now
+    } else {
+      BIO_free(rbio);
+      BIO_free(wbio);
+    }
+  }
+  ok = ok &&
+       (!client_mode() || prepare_client_ssl(ssl_.get(), service_.config, *service_.client_tls));
   if (!ok) CLOG_WARN(id_, "cannot create TLS session: %s", drain_openssl_errors().c_str());
   return ok;
 }
@@ -282,8 +298,7 @@ void Connection::read_proxy_header() {
   std::string().swap(proxy_in_);
   const proxy::Header& h = r.header;
   if (!h.local && h.src.ss_family != AF_UNSPEC) {
-    const socklen_t len =
-        h.src.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    const socklen_t len = h.src.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
     CLOG_DEBUG(id_, "PROXY header: client %s is %s", peer_.str().c_str(),
                SocketAddress::from(reinterpret_cast<const sockaddr*>(&h.src), len).str().c_str());
     peer_ = SocketAddress::from(reinterpret_cast<const sockaddr*>(&h.src), len);
@@ -488,8 +503,8 @@ void Connection::handshake_failed(HandshakeFailure reason, const std::string& de
   service_.metrics->failures_for(reason).Increment();
   if (client_mode()) {
     CLOG_INFO(id_, "handshake failed: service=%s upstream=%s client=%s reason=%s (%s)",
-              service_.config.name.c_str(), upstream_.str().c_str(),
-              client_address().c_str(), to_string(reason), detail.c_str());
+              service_.config.name.c_str(), upstream_.str().c_str(), client_address().c_str(),
+              to_string(reason), detail.c_str());
   } else {
     CLOG_INFO(id_, "handshake failed: service=%s client=%s reason=%s (%s)",
               service_.config.name.c_str(), client_address().c_str(), to_string(reason),
@@ -500,6 +515,9 @@ void Connection::handshake_failed(HandshakeFailure reason, const std::string& de
 
 void Connection::handshake_done() {
   handshake_ns_ = uv_hrtime() - start_ns_;
+  // With read-ahead, one read() now takes up to four records. Only after the handshake: a
+  // client stalling in its handshake keeps OpenSSL's default (one record) buffer.
+  SSL_set_default_read_buffer_len(ssl_.get(), kTlsReadBuffer);
   ServiceMetrics& m = *service_.metrics;
   m.handshake_duration->Observe(seconds_since(start_ns_));
   m.handshake_for(ssl_.get()).Increment();
@@ -549,8 +567,8 @@ void Connection::try_next_backend() {
   hints.ai_flags = AI_NUMERICSERV;
   const std::string port = std::to_string(b.endpoint.tcp.port);
   dns_req_.data = this;
-  const int rc = uv_getaddrinfo(worker_.loop(), &dns_req_, on_resolved,
-                                b.endpoint.tcp.host.c_str(), port.c_str(), &hints);
+  const int rc = uv_getaddrinfo(worker_.loop(), &dns_req_, on_resolved, b.endpoint.tcp.host.c_str(),
+                                port.c_str(), &hints);
   if (rc < 0) {
     next_attempt(std::string("cannot resolve: ") + uv_strerror(rc));
     return;
@@ -677,8 +695,7 @@ void Connection::upstream_connected() {
 void Connection::backend_up() {
   free_dns();
   group_->connect_succeeded(static_cast<size_t>(backend_), service_.config.name);
-  group_->backends()[static_cast<size_t>(backend_)]->active.fetch_add(1,
-                                                                      std::memory_order_relaxed);
+  group_->backends()[static_cast<size_t>(backend_)]->active.fetch_add(1, std::memory_order_relaxed);
   backend_counted_ = true;
 }
 
@@ -789,9 +806,18 @@ void Connection::pump() {
   flush_tls();
   if (state_ != State::splicing) return;
   read_tls();
-  if (state_ != State::splicing) return;
+  if (state_ != State::splicing || !flush_tx()) return;
   update_poll();
   maybe_finish();
+}
+
+// Send the records gathered in tx_. False if the connection ended on a socket error.
+bool Connection::flush_tx() {
+  if (!tx_ || tx_->pending() == 0) return true;
+  if (tx_->flush() != TlsWriteBuffer::Flush::error) return true;
+  CLOG_DEBUG(id_, "TLS write failed: %s", std::strerror(tx_->error()));
+  close(tls_side_error());
+  return false;
 }
 
 void Connection::read_tls() {
@@ -929,6 +955,17 @@ void Connection::plain_read(ssize_t nread) {
     return;
   }
   if (nread == UV_EOF) {
+    // libuv reports a hang-up after a partial read as EOF, also when the peer reset the
+    // connection: a reset must not reach the other side as a clean end.
+    int fd = -1;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (uv_fileno(&plain_.handle, &fd) == 0 &&
+        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) {
+      CLOG_DEBUG(id_, "%s read: %s", client_mode() ? "client" : "backend", std::strerror(err));
+      close(plain_side_error());
+      return;
+    }
     plain_eof_ = true;
     uv_read_stop(plain());
     plain_reading_ = false;
@@ -963,6 +1000,7 @@ void Connection::flush_tls() {
     tls_io_error(err, "write");
     return;
   }
+  if (!flush_tx()) return;
   if (down_buf_) {
     worker_.buffers().put(down_buf_);
     down_buf_ = nullptr;
@@ -983,6 +1021,8 @@ void Connection::send_close_notify() {
     ERR_clear_error();
     if (err == SSL_ERROR_WANT_WRITE) return;  // retried from flush_tls when writable
   }
+  // The FIN goes after the alert: only once everything buffered is sent.
+  if (!flush_tx() || (tx_ && tx_->pending() != 0)) return;
   ::shutdown(tls_fd_, SHUT_WR);
   down_done_ = true;
 }
@@ -998,6 +1038,7 @@ void Connection::update_poll() {
   } else if (plain_eof_ && !down_done_) {
     ev |= UV_WRITABLE;  // close_notify still to be sent
   }
+  if (tx_ && tx_->pending() != 0) ev |= UV_WRITABLE;  // records gathered but not yet sent
   set_poll(ev);
 }
 
@@ -1071,7 +1112,19 @@ void Connection::close(EndReason reason) {
   if (tls_poll_open_) uv_close(handle(&tls_poll_), on_handle_closed);
   // Its callback still comes (UV_ECANCELED if the cancel took) and releases the connection.
   if (dns_pending_) uv_cancel(reinterpret_cast<uv_req_t*>(&dns_req_));
-  if (plain_open_) uv_close(&plain_.handle, on_handle_closed);
+  // An error on one side is passed on as a reset of the other, never as a clean end of stream
+  // (a truncated upload or download must not look complete).
+  const bool error_end = reason == EndReason::client_error || reason == EndReason::backend_error;
+  if (error_end && reason == plain_side_error() && tls_fd_ >= 0) {
+    const linger reset{1, 0};
+    ::setsockopt(tls_fd_, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);  // RST at close()
+  }
+  if (plain_open_) {
+    const bool reset_plain = error_end && reason == tls_side_error() && !upstream_.is_unix() &&
+                             plain_.handle.type == UV_TCP &&
+                             uv_tcp_close_reset(&plain_.tcp, on_handle_closed) == 0;
+    if (!reset_plain) uv_close(&plain_.handle, on_handle_closed);
+  }
 }
 
 }  // namespace ferry

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/end_reason.h"
@@ -26,6 +27,7 @@
 #include "core/proxy_protocol.h"
 #include "core/runtime.h"
 #include "core/tls_context.h"
+#include "core/tls_write_buffer.h"
 
 namespace ferry {
 
@@ -106,6 +108,7 @@ class Connection {
   void maybe_shutdown_plain();
   void plain_read(ssize_t nread);
   void flush_tls();
+  bool flush_tx();
   void send_close_notify();
   void start_plain_reading();
   void update_poll();
@@ -144,7 +147,8 @@ class Connection {
   SniGate gate_{};
   std::string refused_sni_;  // the server name the gate refused, for the log line
   EndReason end_reason_ = EndReason::done;
-  SslPtr ssl_;
+  std::optional<TlsWriteBuffer> tx_;  // the SSL's write BIO gathers records here
+  SslPtr ssl_;                        // declared after tx_: freed first
 
   uv_poll_t tls_poll_{};
   uv_timer_t timer_{};

@@ -19,8 +19,8 @@
 namespace ferry {
 namespace {
 
-constexpr int kAcceptBatch = 64;      // accepts per readiness event, for fairness
-constexpr uint64_t kBackoffMs = 100;  // pause after EMFILE/ENFILE
+constexpr int kAcceptBatch = 64;       // accepts per readiness event, for fairness
+constexpr uint64_t kBackoffMs = 100;   // pause after EMFILE/ENFILE
 constexpr uint64_t kLimitPollMs = 20;  // at max_connections: look for room (other workers' ends)
 
 }  // namespace

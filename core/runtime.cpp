@@ -52,8 +52,8 @@ std::string connect_summary(const ServiceConfig& svc) {
     }
     return out;
   };
-  std::string out = svc.connect.backends.empty() ? "(none: unrouted names are refused)"
-                                                 : group(svc.connect);
+  std::string out =
+      svc.connect.backends.empty() ? "(none: unrouted names are refused)" : group(svc.connect);
   for (const RouteConfig& r : svc.routes) out += "; sni " + r.sni + " -> " + group(r.group);
   return out;
 }

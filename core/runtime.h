@@ -53,7 +53,7 @@ struct ServiceRuntime {
   std::string tls_fingerprint;        // name, paths and SHA-256 of the cert and key file contents
   ServiceMetrics* metrics = nullptr;  // null in --check
 
-  std::string listen_key() const;  // identifies the listening socket across reloads
+  std::string listen_key() const;             // identifies the listening socket across reloads
   bool admits(const sockaddr* client) const;  // allow/deny
 };
 

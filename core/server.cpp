@@ -21,6 +21,18 @@ namespace {
 
 constexpr uint64_t kStatusIntervalMs = 5000;
 constexpr uint64_t kWatchDebounceMs = 500;  // a half-written file is not loaded
+constexpr uint64_t kWatchRetryMs = 2000;    // out of descriptors: look at the files again later
+
+// Whether a file can be opened at all now. Out of descriptors (EMFILE/ENFILE), every file looks
+// unreadable, which is not a change of the files.
+bool descriptors_available() {
+  const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::close(fd);
+    return true;
+  }
+  return errno != EMFILE && errno != ENFILE;
+}
 
 uv_handle_t* handle(auto* h) {
   return reinterpret_cast<uv_handle_t*>(h);
@@ -384,6 +396,17 @@ std::vector<std::string> Server::current_fingerprints() const {
 
 void Server::on_watch_debounce(uv_timer_t* t) {
   auto* self = static_cast<Server*>(t->data);
+  if (!descriptors_available()) {
+    if (!self->watch_blocked_logged_)
+      LOG_WARN(
+          "certificate files changed, but no file descriptor is free to read them: "
+          "checking again in %llums",
+          static_cast<unsigned long long>(kWatchRetryMs));
+    self->watch_blocked_logged_ = true;
+    uv_timer_start(&self->watch_debounce_, on_watch_debounce, kWatchRetryMs, 0);
+    return;
+  }
+  self->watch_blocked_logged_ = false;
   std::vector<std::string> now = self->current_fingerprints();
   if (now == self->seen_fingerprints_) return;
   const Runtime* before = self->runtime_.get();

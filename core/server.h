@@ -67,6 +67,7 @@ class Server {
   uv_timer_t watch_debounce_{};                 // a burst of file events becomes one reload check
   std::vector<uv_fs_event_t*> watches_;         // directories of cert/key files; freed on close
   std::vector<std::string> seen_fingerprints_;  // per service, as last loaded or seen
+  bool watch_blocked_logged_ = false;  // out of descriptors: said once per episode
   bool stopping_ = false;
 };
 

@@ -34,8 +34,8 @@ uint16_t SocketAddress::port() const {
 std::string SocketAddress::unix_path() const {
   if (storage.ss_family != AF_UNIX) return "";
   const auto* un = reinterpret_cast<const sockaddr_un*>(&storage);
-  const size_t max = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path)
-                                                           : 0;
+  const size_t max =
+      len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
   return std::string(un->sun_path, strnlen(un->sun_path, std::min(max, sizeof un->sun_path)));
 }
 

@@ -136,8 +136,8 @@ bool set_hmac_key(EVP_MAC_CTX* mac, TicketKey& key) {
   return EVP_MAC_CTX_set_params(mac, params) == 1;
 }
 
-// SSL_CTX_set_tlsext_ticket_key_evp_cb: 1 = use this key, 2 = decrypted with an older key (the
-// client gets a fresh ticket), 0 = no such key / no ticket, -1 = error.
+// SSL_CTX_set_tlsext_ticket_key_evp_cb: 1 = use this key, 2 = decrypted, and the client gets a
+// fresh ticket (an older key, or TLS 1.3), 0 = no such key / no ticket, -1 = error.
 int on_ticket_key(SSL* ssl, unsigned char* key_name, unsigned char* iv, EVP_CIPHER_CTX* cipher,
                   EVP_MAC_CTX* mac, int enc) {
   TicketKeyRing* ring = ring_of(SSL_get_SSL_CTX(ssl));
@@ -160,6 +160,9 @@ int on_ticket_key(SSL* ssl, unsigned char* key_name, unsigned char* iv, EVP_CIPH
       !set_hmac_key(mac, key)) {
     return -1;
   }
+  // 2 also for every TLS 1.3 resumption: clients use a TLS 1.3 ticket once (RFC 8446, C.4), so
+  // a resumed connection must get a fresh one or the next connection is a full handshake.
+  if (SSL_version(ssl) == TLS1_3_VERSION) return 2;
   return match == TicketKeyRing::Match::current ? 1 : 2;
 }
 

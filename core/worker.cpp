@@ -174,10 +174,9 @@ void Worker::adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, siz
     if (holds_slot) service.state->release(service.config.max_connections);
     if (counter) {
       counter->Increment();
-      LOG_DEBUG("service %s: %s %s", service.config.name.c_str(), why,
-                SocketAddress::from(reinterpret_cast<const sockaddr*>(&peer), peer_len)
-                    .str()
-                    .c_str());
+      LOG_DEBUG(
+          "service %s: %s %s", service.config.name.c_str(), why,
+          SocketAddress::from(reinterpret_cast<const sockaddr*>(&peer), peer_len).str().c_str());
     }
   };
   if (stopping_) {

@@ -47,6 +47,7 @@ class Worker {
   int id() const { return id_; }
   uv_loop_t* loop() { return &loop_; }
   BufferPool& buffers() { return buffers_; }
+  BufferPool& tls_tx_buffers() { return tls_tx_buffers_; }
   // A new client on service `service_index`; `holds_slot`: it took a max_connections slot.
   void adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index,
              bool holds_slot);
@@ -75,6 +76,7 @@ class Worker {
   std::vector<int> listen_fds_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   BufferPool buffers_;
+  BufferPool tls_tx_buffers_{BufferPool::kTlsTxBufferSize};
   Connection* connections_ = nullptr;  // intrusive list of live connections
   uint64_t next_connection_id_ = 1;
   bool stopping_ = false;  // no longer accepting: draining or shutting down

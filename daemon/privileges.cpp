@@ -219,8 +219,8 @@ bool apply_open_files_limit(const Config& config, std::vector<ConfigError>& erro
   }
   errors.push_back({config.max_open_files_pos, "global.max_open_files",
                     "cannot raise the open files limit to " + std::to_string(want) +
-                        " (hard limit " + std::to_string(now.rlim_max) + "): " +
-                        std::strerror(err) +
+                        " (hard limit " + std::to_string(now.rlim_max) +
+                        "): " + std::strerror(err) +
                         "; start ferry as root or raise LimitNOFILE= in its unit"});
   return false;
 }

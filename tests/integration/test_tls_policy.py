@@ -455,6 +455,27 @@ def mtls_with_gnutls_cli_and_curl():
 
 
 @S.test
+def tls13_resumption_issues_a_fresh_ticket():
+    """Clients use a TLS 1.3 ticket once (RFC 8446, C.4): a resumed connection must bring a new
+    ticket, so that a chain of connections, each resuming with the ticket of the one before,
+    resumes every time (without it, every other connection was a full handshake)."""
+    ctx = ctx_for(ssl.TLSVersion.TLSv1_3)
+    session = None
+    seen = set()
+    for i in range(6):
+        with H.tls_connect(ferry.port("web"), ctx, session=session, timeout=H.bound(10)) as s:
+            s.sendall(b"ECHO\nz")
+            H.recv_exact(s, 1)  # tickets arrive before the echo
+            if i > 0:
+                ferry.check(s.session_reused, f"connection {i} did not resume")
+            session = s.session
+        ferry.check(session is not None and session.has_ticket, f"connection {i}: no ticket")
+        ticket = session.id
+        ferry.check(ticket not in seen, f"connection {i}: no fresh ticket (the same one again)")
+        seen.add(ticket)
+
+
+@S.test
 def shared_ticket_key_file_resumes_across_servers():
     k1, k2, k3 = (os.urandom(80).hex() for _ in range(3))
     files = {}

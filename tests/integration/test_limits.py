@@ -35,6 +35,7 @@ def svc(name, **extra):
 ferry = H.Ferry(tmp, [
     svc("web"),
     svc("lim", max_connections=2),
+    svc("flood", max_connections=20),
     H.service("limdead", H.free_port(), DEAD_PORT, certs.ec_crt, certs.ec_key,
               max_connections=1),
     svc("deny", deny=["127.0.0.1/32"]),
@@ -191,6 +192,64 @@ def max_connections_many_waiting():
     m = settled("lim")
     d = P.delta(before, m, "ferry_listener_paused_total", service="lim")
     ferry.check(d >= 1, f"ferry_listener_paused_total moved by {d}")
+
+
+@S.test
+def flood_beyond_max_connections():
+    """400 clients at once against max_connections = 20: every one is served (they wait in the
+    backlog, none is refused), ferry never holds more than 20, and afterwards its descriptors
+    are back where they were."""
+    import threading
+    pid = ferry.proc.pid
+    fds_before = len(os.listdir(f"/proc/{pid}/fd"))
+    before = settled("flood")
+    results, lock = [], threading.Lock()
+    peak = [0]
+    stop = threading.Event()
+
+    def client(i):
+        try:
+            got = P.echo(addr("flood"), CTX, b"flood %d" % i)
+            ok = got == b"flood %d" % i if isinstance(got, bytes) else True
+        except Exception as e:  # noqa: BLE001 - reported below
+            ok = f"{type(e).__name__}: {e}"
+        with lock:
+            results.append(ok)
+
+    def sampler():
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], H.mget(ferry.scrape(), "ferry_connections_active",
+                                              service="flood"))
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    watch = threading.Thread(target=sampler, daemon=True)
+    watch.start()
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(400)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.1, start + H.bound(60) - time.monotonic()))
+    stop.set()
+    watch.join(2)
+    bad = [r for r in results if r is not True]
+    ferry.check(len(results) == 400 and not bad,
+                f"{len(results)} of 400 clients finished; failures: {bad[:5]}")
+    ferry.check(peak[0] <= 20, f"ferry_connections_active{{service=flood}} reached {peak[0]}")
+    m = settled("flood")
+    ferry.check(P.delta(before, m, "ferry_listener_paused_total", service="flood") >= 1,
+                "the listener never paused")
+    ferry.check(P.delta(before, m, "ferry_connections_total", service="flood") == 400,
+                "ferry did not count 400 connections")
+    deadline = time.monotonic() + H.bound(5)
+    while len(os.listdir(f"/proc/{pid}/fd")) > fds_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fds_after = len(os.listdir(f"/proc/{pid}/fd"))
+    ferry.check(fds_after <= fds_before, f"descriptors: {fds_before} before, {fds_after} after")
+    P.echo(addr("web"), CTX, b"still serving")
 
 
 @S.test

@@ -273,6 +273,48 @@ def access_log_off():
         f.kill()
 
 
+@S.test
+def private_keys_are_never_logged():
+    """At log_level = "debug", through handshakes, a failed handshake, a reload and a reload
+    that fails on a key that does not match its certificate, no line carries key material: no
+    PEM marker, no line of the key's base64 body."""
+    f = LogFerry("no-keys")
+    with open(f.config_path) as c:
+        text = c.read()
+    with open(f.config_path, "w") as c:
+        c.write(text.replace('log_level = "info"', 'log_level = "debug"', 1))
+    f.start()
+    try:
+        _, _, got, _ = echo_exchange(f.port(), CTX, b"hello")
+        f.check(got == b"hello", "echo failed")
+        with H.socket.create_connection(("127.0.0.1", f.port()), timeout=H.bound(5)) as raw:
+            raw.sendall(b"\x16\x03\x01\x00\x05hello")  # a broken ClientHello
+            H.wait_eof(raw, H.bound(5))
+        f.send_signal(signal.SIGHUP)
+        f.wait_log(r"reloading configuration")
+        # A reload that fails: the service's key replaced by another one.
+        os.makedirs(os.path.join(tmp, "other-keys"), exist_ok=True)
+        other = H.Certs(os.path.join(tmp, "other-keys"))
+        with open(f.config_path) as c:
+            text = c.read()
+        with open(f.config_path, "w") as c:
+            c.write(text.replace(certs.ec_key, other.ec_key))
+        off = f.log_offset()
+        f.send_signal(signal.SIGHUP)
+        f.wait_log(r"reload failed", start=off)
+        f.stop(signal.SIGTERM)
+        log = f.stderr_text()
+        body = []
+        for path in (certs.ec_key, other.ec_key):
+            with open(path) as k:
+                body += [line.strip() for line in k if line.strip() and "-----" not in line]
+        f.check("PRIVATE KEY" not in log, "a PEM private key marker in the log")
+        leaked = [b for b in body if len(b) >= 16 and b in log]
+        f.check(not leaked, f"{len(leaked)} lines of a private key appear in the log")
+    finally:
+        f.kill()
+
+
 if __name__ == "__main__":
     try:
         S.main()

@@ -31,9 +31,6 @@ constexpr size_t kBufSize = BufferPool::kBufferSize;
 // TLS read buffer once established: four full records per read() (released when empty).
 constexpr size_t kTlsReadBuffer = 4 * (SSL3_RT_MAX_PLAIN_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD);
 
-uv_stream_t* stream(uv_tcp_t* t) {
-  return reinterpret_cast<uv_stream_t*>(t);
-}
 uv_handle_t* handle(auto* h) {
   return reinterpret_cast<uv_handle_t*>(h);
 }

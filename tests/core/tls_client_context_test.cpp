@@ -98,7 +98,9 @@ ServiceConfig client_service(const std::string& server_name, const std::string& 
   ServiceConfig s;
   s.name = "upstream";
   s.mode = ServiceMode::client;
-  s.connect.backends = {ferry::Endpoint{{"localhost", 8443}, ""}};
+  ferry::Endpoint upstream;
+  upstream.tcp = {"localhost", 8443};
+  s.connect.backends.push_back(upstream);
   s.pos = {kConfigFile, 5, 1};
   s.cert_pos = {kConfigFile, 9, 8};
   s.key_pos = {kConfigFile, 10, 7};

@@ -1018,8 +1018,13 @@ void Connection::send_close_notify() {
     ERR_clear_error();
     if (err == SSL_ERROR_WANT_WRITE) return;  // retried from flush_tls when writable
   }
-  // The FIN goes after the alert: only once everything buffered is sent.
-  if (!flush_tx() || (tx_ && tx_->pending() != 0)) return;
+  // The FIN goes after the alert: only once everything buffered is sent. A peer that is gone
+  // already (EPIPE, e.g. a Unix-socket client that closed) just does not get the alert.
+  if (tx_ && tx_->pending() != 0) {
+    const TlsWriteBuffer::Flush sent = tx_->flush();
+    if (sent == TlsWriteBuffer::Flush::blocked) return;  // retried from flush_tls when writable
+    if (sent == TlsWriteBuffer::Flush::error) tx_->discard();
+  }
   ::shutdown(tls_fd_, SHUT_WR);
   down_done_ = true;
 }

@@ -98,6 +98,12 @@ TlsWriteBuffer::Flush TlsWriteBuffer::flush() {
   return Flush::done;
 }
 
+void TlsWriteBuffer::discard() {
+  off_ = len_ = 0;
+  pool_.put(buf_);
+  buf_ = nullptr;
+}
+
 long TlsWriteBuffer::bio_ctrl(BIO* bio, int cmd, long /*num*/, void* /*ptr*/) {
   auto* self = static_cast<TlsWriteBuffer*>(BIO_get_data(bio));
   switch (cmd) {

@@ -32,6 +32,7 @@ class TlsWriteBuffer {
   enum class Flush { done, blocked, error };
   Flush flush();  // send what is buffered
   size_t pending() const { return len_ - off_; }
+  void discard();  // drop what is buffered (the peer is gone); the error stays
   int error() const { return error_; }  // errno of a failed send, 0 if none
 
  private:

@@ -107,6 +107,14 @@ std::optional<Endpoint> parse_endpoint(std::string_view text, std::string* why) 
   return result;
 }
 
+std::string ascii_lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
 std::string Endpoint::str() const {
   return is_unix() ? "unix:" + unix_path : tcp.str();
 }

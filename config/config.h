@@ -119,16 +119,16 @@ struct ServiceConfig {
   int unix_mode = -1;          // permission bits for accept_unix; -1: as the umask leaves them
   std::string unix_owner;      // chown the socket (empty: leave)
   std::string unix_group;
-  int backlog = 1024;          // listen() backlog
+  int backlog = 1024;  // listen() backlog
   // Backends. May be empty in server mode when routes exist (unmatched names are refused).
   BackendGroupConfig connect;
   std::vector<RouteConfig> routes;
   unsigned max_fails = 3;  // consecutive failed connects that mark a backend down...
   std::chrono::milliseconds fail_timeout{std::chrono::seconds(10)};  // ...for this long
-  bool accept_proxy = false;              // a PROXY v1/v2 header precedes the TLS handshake
-  std::vector<Cidr> accept_proxy_from;    // peers allowed to send one; empty: any
-  unsigned max_connections = 0;           // 0: unlimited
-  std::vector<Cidr> allow;                // empty: everyone not denied
+  bool accept_proxy = false;            // a PROXY v1/v2 header precedes the TLS handshake
+  std::vector<Cidr> accept_proxy_from;  // peers allowed to send one; empty: any
+  unsigned max_connections = 0;         // 0: unlimited
+  std::vector<Cidr> allow;              // empty: everyone not denied
   std::vector<Cidr> deny;
   std::chrono::milliseconds tcp_keepalive{0};  // 0: off
   std::string cert_file;
@@ -158,11 +158,11 @@ struct Config {
   LogFormat log_format = LogFormat::text;
   bool access_log = true;  // one line per finished connection, at info
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};  // drain on SIGTERM
-  bool watch_files = true;  // reload when a cert/key file changes
+  bool watch_files = true;      // reload when a cert/key file changes
   uint64_t max_open_files = 0;  // RLIMIT_NOFILE to set at start; 0: keep the inherited one
   SourcePos max_open_files_pos;
-  std::string user;         // drop to this user after binding (empty: stay)
-  std::string group;        // and this group (empty: the user's primary group)
+  std::string user;   // drop to this user after binding (empty: stay)
+  std::string group;  // and this group (empty: the user's primary group)
   SourcePos user_pos;
   SourcePos group_pos;
   std::optional<MetricsConfig> metrics;  // absent: no endpoint
@@ -191,6 +191,9 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text,
 
 // "host:port" or "[v6]:port", port 1..65535. Host must be non-empty.
 std::optional<HostPort> parse_host_port(std::string_view text, std::string* why = nullptr);
+
+// ASCII lower case (DNS names, hosts): locale-independent.
+std::string ascii_lower(std::string_view text);
 
 // parse_host_port, or "unix:/absolute/path" (at most 107 bytes: sockaddr_un's limit).
 std::optional<Endpoint> parse_endpoint(std::string_view text, std::string* why = nullptr);

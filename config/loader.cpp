@@ -59,9 +59,7 @@ std::string in_quotes(std::string_view text) {
 namespace {
 
 std::string normalised(const HostPort& address) {
-  std::string host = address.host;
-  std::transform(host.begin(), host.end(), host.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::string host = ascii_lower(address.host);
   char buffer[INET6_ADDRSTRLEN] = {};
   in6_addr v6{};
   in_addr v4{};

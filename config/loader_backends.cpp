@@ -24,13 +24,6 @@ bool valid_route_name(std::string_view name) {
   return true;
 }
 
-std::string lower(std::string text) {
-  for (char& c : text) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return text;
-}
-
 }  // namespace
 
 bool Loader::integer_at(const toml::table& table, std::string_view name, const std::string& key,
@@ -180,7 +173,7 @@ void Loader::load_service_network(const toml::table& table, const std::string& p
         route.group.proxy_protocol = service.connect.proxy_protocol;
         if (!rt->contains("sni")) error(rt->source(), rprefix + "sni", "missing required key");
         if (const std::string* sni = string_at(*rt, "sni", rprefix + "sni")) {
-          route.sni = lower(*sni);
+          route.sni = ascii_lower(*sni);
           if (!valid_route_name(route.sni)) {
             error(rt->get("sni")->source(), rprefix + "sni",
                   "bad server name " + in_quotes(*sni) +

@@ -33,14 +33,6 @@ std::optional<SocketAddress> numeric(const HostPort& hp) {
   return std::nullopt;
 }
 
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
 }  // namespace
 
 uint64_t steady_ms() {
@@ -127,12 +119,12 @@ void BackendGroup::connect_succeeded(size_t i, const std::string& service) const
 }
 
 void Router::add(std::string sni, std::unique_ptr<BackendGroup> group) {
-  routes_.push_back(Route{lower(sni), std::move(group)});
+  routes_.push_back(Route{ascii_lower(sni), std::move(group)});
 }
 
 const BackendGroup* Router::find(std::string_view server_name) const {
   if (routes_.empty() || server_name.empty()) return nullptr;
-  std::string name = lower(server_name);
+  std::string name = ascii_lower(server_name);
   if (!name.empty() && name.back() == '.') name.pop_back();
   for (const Route& r : routes_) {
     if (r.sni == name) return r.group.get();

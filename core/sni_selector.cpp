@@ -6,19 +6,13 @@
 
 #include <openssl/x509v3.h>
 
+#include "config/config.h"
 #include "core/openssl_ptr.h"
 
 namespace ferry {
 namespace {
 
 using GeneralNamesPtr = std::unique_ptr<GENERAL_NAMES, Free<GENERAL_NAMES_free>>;
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 std::string asn1_text(const ASN1_STRING* s) {
   return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
@@ -39,7 +33,7 @@ void SniSelector::add(SSL_CTX* ctx, const std::vector<std::string>& names) {
 
 SSL_CTX* SniSelector::select(std::string_view server_name) const {
   if (server_name.ends_with('.')) server_name.remove_suffix(1);  // "example.com." is absolute
-  const std::string name = lower(server_name);
+  const std::string name = ascii_lower(server_name);
   if (auto it = exact_.find(name); it != exact_.end()) return it->second;
   const size_t dot = name.find('.');
   if (dot == std::string::npos || dot == 0) return nullptr;
@@ -53,14 +47,14 @@ std::vector<std::string> certificate_dns_names(X509* cert) {
       static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
   for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans.get()); ++i) {
     const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans.get(), i);
-    if (gn->type == GEN_DNS) names.push_back(lower(asn1_text(gn->d.dNSName)));
+    if (gn->type == GEN_DNS) names.push_back(ascii_lower(asn1_text(gn->d.dNSName)));
   }
   if (!names.empty()) return names;
   const X509_NAME* subject = X509_get_subject_name(cert);
   int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
   if (index >= 0) {
     const X509_NAME_ENTRY* entry = X509_NAME_get_entry(subject, index);
-    names.push_back(lower(asn1_text(X509_NAME_ENTRY_get_data(entry))));
+    names.push_back(ascii_lower(asn1_text(X509_NAME_ENTRY_get_data(entry))));
   }
   return names;
 }

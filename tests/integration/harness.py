@@ -335,11 +335,21 @@ def iana_cipher_name(openssl_name):
 # sockets and clients
 
 
+_handed_out = set()  # ports free_port() returned in this process: never returned twice
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, and not one this process was given
+    already (the kernel may hand the same ephemeral port out again once its socket is closed,
+    which once gave two services of one config the same accept address)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("free_port: no new port in 100 tries")
 
 
 def wait_port(port, timeout, proc=None, host="127.0.0.1"):

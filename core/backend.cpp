@@ -8,6 +8,7 @@
 #include <prometheus/gauge.h>
 
 #include "core/log.h"
+#include "core/sni_selector.h"
 
 namespace ferry {
 namespace {
@@ -124,16 +125,15 @@ void Router::add(std::string sni, std::unique_ptr<BackendGroup> group) {
 
 const BackendGroup* Router::find(std::string_view server_name) const {
   if (routes_.empty() || server_name.empty()) return nullptr;
-  std::string name = ascii_lower(server_name);
-  if (!name.empty() && name.back() == '.') name.pop_back();
+  // The same matching as certificate selection (SniSelector): exact, then one-label wildcard.
+  const std::string name = normalized_server_name(server_name);
   for (const Route& r : routes_) {
     if (r.sni == name) return r.group.get();
   }
-  const size_t dot = name.find('.');
-  if (dot == std::string::npos || dot == 0) return nullptr;
-  const std::string_view parent = std::string_view(name).substr(dot);  // ".example.com"
+  const std::string_view parent = wildcard_parent(name);
+  if (parent.empty()) return nullptr;
   for (const Route& r : routes_) {
-    if (r.sni.starts_with("*.") && std::string_view(r.sni).substr(1) == parent) {
+    if (r.sni.starts_with("*.") && std::string_view(r.sni).substr(2) == parent) {
       return r.group.get();
     }
   }

@@ -31,13 +31,23 @@ void SniSelector::add(SSL_CTX* ctx, const std::vector<std::string>& names) {
   }
 }
 
-SSL_CTX* SniSelector::select(std::string_view server_name) const {
+std::string normalized_server_name(std::string_view server_name) {
   if (server_name.ends_with('.')) server_name.remove_suffix(1);  // "example.com." is absolute
-  const std::string name = ascii_lower(server_name);
-  if (auto it = exact_.find(name); it != exact_.end()) return it->second;
+  return ascii_lower(server_name);
+}
+
+std::string_view wildcard_parent(std::string_view name) {
   const size_t dot = name.find('.');
-  if (dot == std::string::npos || dot == 0) return nullptr;
-  if (auto it = wildcard_.find(name.substr(dot + 1)); it != wildcard_.end()) return it->second;
+  if (dot == std::string_view::npos || dot == 0) return {};
+  return name.substr(dot + 1);
+}
+
+SSL_CTX* SniSelector::select(std::string_view server_name) const {
+  const std::string name = normalized_server_name(server_name);
+  if (auto it = exact_.find(name); it != exact_.end()) return it->second;
+  const std::string_view parent = wildcard_parent(name);
+  if (parent.empty()) return nullptr;
+  if (auto it = wildcard_.find(std::string(parent)); it != wildcard_.end()) return it->second;
   return nullptr;
 }
 

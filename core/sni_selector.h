@@ -28,6 +28,12 @@ class SniSelector {
   std::unordered_map<std::string, SSL_CTX*> wildcard_;  // "example.com" for "*.example.com"
 };
 
+// A requested server name as the indexes compare it: lower case, without a trailing dot.
+std::string normalized_server_name(std::string_view server_name);
+// What a one-label wildcard for `name` covers: "example.com" for "a.example.com" ("*.example.com"
+// matches it); "" when there is none.
+std::string_view wildcard_parent(std::string_view name);
+
 // The names a certificate serves, lower-case, in the certificate's order: its DNS SANs, or its
 // subject CN when it has no DNS SAN at all.
 std::vector<std::string> certificate_dns_names(X509* cert);

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -123,11 +124,11 @@ void Connection::start() {
 }
 
 bool Connection::init_tls_poll() {
-  if (uv_poll_init_socket(worker_.loop(), &tls_poll_, tls_fd_) != 0) return false;
-  tls_poll_.data = this;
-  tls_poll_open_ = true;
+  watch_.on_ready = on_tls_ready;
+  watch_.owner = this;
+  if (worker_.poller().add(tls_fd_, &watch_) != 0) return false;
+  watching_ = true;
   poll_events_ = 0;
-  ++open_handles_;
   return true;
 }
 
@@ -139,6 +140,7 @@ bool Connection::create_ssl() {
     // Reads straight from the socket; writes gathered so several records go in one send().
     BIO* rbio = BIO_new_socket(tls_fd_, BIO_NOCLOSE);
     tx_.emplace(worker_.tls_tx_buffers(), tls_fd_);
+    tx_->hold_flushes(true);  // do_handshake sends each flight in one piece
     BIO* wbio = tx_->make_bio();
     ok = rbio && wbio;
     if (ok) {
@@ -167,10 +169,10 @@ void Connection::start_server_mode() {
     set_poll(UV_READABLE);
     return;
   }
-  begin_tls_accept();
+  begin_tls_accept(false);
 }
 
-void Connection::begin_tls_accept() {
+void Connection::begin_tls_accept(bool bytes_waiting) {
   if (!create_ssl()) {
     close(EndReason::client_error);
     return;
@@ -182,7 +184,12 @@ void Connection::begin_tls_accept() {
     set_sni_gate(ssl_.get(), &gate_);
   }
   state_ = State::handshake;
-  // The client speaks first: wait for its ClientHello rather than trying a read now.
+  if (bytes_waiting) {
+    do_handshake();
+    return;
+  }
+  // The client speaks first: wait for its ClientHello rather than trying a read now (a socket
+  // added to the poller that is readable already reports it at once).
   set_poll(UV_READABLE);
 }
 
@@ -210,31 +217,25 @@ void Connection::start_client_mode() {
   try_next_backend();
 }
 
+// Only records what the TLS side waits for: the socket stays in the poller, edge-triggered, and
+// on_tls_ready drops the edges nobody waits for. Every caller waits only after a read or write
+// got EAGAIN (a new edge will come) or goes on without waiting (pump, do_handshake).
 void Connection::set_poll(int events) {
-  if (events == poll_events_ || state_ == State::closing || !tls_poll_open_) return;
+  if (state_ == State::closing || !watching_) return;
   poll_events_ = events;
-  if (events == 0) {
-    uv_poll_stop(&tls_poll_);
-  } else {
-    uv_poll_start(&tls_poll_, events, on_tls_poll);
-  }
 }
 
 // ---- libuv trampolines -------------------------------------------------------------------
 
-void Connection::on_tls_poll(uv_poll_t* h, int status, int /*events*/) {
-  auto* self = static_cast<Connection*>(h->data);
-  if (status < 0 && self->state_ != State::connecting) {
-    if (self->state_ == State::proxy_header) {
-      self->read_proxy_header();  // reports the error with its reason
-    } else if (self->state_ == State::handshake) {
-      self->handshake_failed(HandshakeFailure::peer_closed, uv_strerror(status));
-    } else {
-      CLOG_DEBUG(self->id_, "TLS side socket error: %s", uv_strerror(status));
-      self->close(self->tls_side_error());
-    }
-    return;
-  }
+void Connection::on_tls_ready(void* owner, uint32_t epoll_events) {
+  auto* self = static_cast<Connection*>(owner);
+  if (self->state_ == State::closing || !self->watching_) return;
+  int ready = 0;
+  if (epoll_events & (EPOLLIN | EPOLLRDHUP)) ready |= UV_READABLE;
+  if (epoll_events & EPOLLOUT) ready |= UV_WRITABLE;
+  // An error or hang-up: whichever call comes next (read, write, SO_ERROR) reports it.
+  if (epoll_events & (EPOLLERR | EPOLLHUP)) ready |= UV_READABLE | UV_WRITABLE;
+  if ((ready & self->poll_events_) == 0) return;
   if (self->state_ == State::connecting) {
     self->upstream_connected();  // client mode: the non-blocking connect finished
   } else if (self->state_ == State::proxy_header) {
@@ -290,14 +291,24 @@ void Connection::on_handle_closed(uv_handle_t* h) {
 void Connection::do_handshake() {
   ERR_clear_error();
   const int r = SSL_do_handshake(ssl_.get());
+  const int saved_errno = errno;  // before SSL_get_error, which may touch it
+  // What OpenSSL wrote (flushes are held during the handshake) goes now, in one send(): the
+  // next flight, the session tickets, or the alert of a failed handshake.
+  const TlsWriteBuffer::Flush sent = tx_->pending() != 0 ? tx_->flush() : TlsWriteBuffer::Flush::done;
+  const int err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_.get(), r);
+  const bool in_progress = err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
+  if (sent == TlsWriteBuffer::Flush::error && (r == 1 || in_progress)) {
+    ERR_clear_error();
+    handshake_failed(HandshakeFailure::peer_closed, std::strerror(tx_->error()));
+    return;
+  }
+  const int flush_wait = sent == TlsWriteBuffer::Flush::blocked ? UV_WRITABLE : 0;
   if (r == 1) {
     handshake_done();
     return;
   }
-  const int saved_errno = errno;  // before SSL_get_error, which may touch it
-  const int err = SSL_get_error(ssl_.get(), r);
   if (err == SSL_ERROR_WANT_READ) {
-    set_poll(UV_READABLE);
+    set_poll(UV_READABLE | flush_wait);
     return;
   }
   if (err == SSL_ERROR_WANT_WRITE) {
@@ -360,6 +371,7 @@ void Connection::handshake_failed(HandshakeFailure reason, const std::string& de
 
 void Connection::handshake_done() {
   handshake_ns_ = uv_hrtime() - start_ns_;
+  tx_->hold_flushes(false);  // from now on OpenSSL's flushes (alerts) send at once
   // With read-ahead, one read() now takes up to four records. Only after the handshake: a
   // client stalling in its handshake keeps OpenSSL's default (one record) buffer.
   SSL_set_default_read_buffer_len(ssl_.get(), kTlsReadBuffer);
@@ -552,6 +564,12 @@ void Connection::plain_written(int status) {
 void Connection::maybe_shutdown_plain() {
   if (!tls_eof_ || plain_shut_ || up_writing_ || up_len_ != 0) return;
   plain_shut_ = true;
+  if (down_done_) {
+    // The other direction is finished too: the connection closes now, and closing the socket
+    // sends the FIN (everything was written and the other side's EOF read).
+    up_done_ = true;
+    return;
+  }
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, plain(), on_plain_shutdown) != 0) {
     up_done_ = true;  // the backend is already gone for writing: nothing left to forward
@@ -665,7 +683,9 @@ void Connection::send_close_notify() {
     if (sent == TlsWriteBuffer::Flush::blocked) return;  // retried from flush_tls when writable
     if (sent == TlsWriteBuffer::Flush::error) tx_->discard();
   }
-  ::shutdown(tls_fd_, SHUT_WR);
+  // With the other direction finished the connection closes right away, and close() sends the
+  // FIN: a shutdown() first would only cost a system call.
+  if (!up_done_) ::shutdown(tls_fd_, SHUT_WR);
   down_done_ = true;
 }
 
@@ -751,7 +771,7 @@ void Connection::close(EndReason reason) {
   log_access();  // every connection, failed handshakes included (end=handshake_failed)
 
   uv_close(handle(&timer_), on_handle_closed);
-  if (tls_poll_open_) uv_close(handle(&tls_poll_), on_handle_closed);
+  // tls_fd_ stays in the poller until the destructor closes it; its edges are ignored now.
   // Its callback still comes (UV_ECANCELED if the cancel took) and releases the connection.
   if (dns_pending_) uv_cancel(reinterpret_cast<uv_req_t*>(&dns_req_));
   // An error on one side is passed on as a reset of the other, never as a clean end of stream

@@ -1,7 +1,7 @@
 #pragma once
 // One proxied connection, in either mode. Both are the same pipeline between a TLS side (a
-// socket OpenSSL reads and writes directly, watched by a uv_poll_t) and a plaintext side (a
-// uv_tcp_t):
+// socket OpenSSL reads and writes directly, watched edge-triggered by the worker's EdgePoller)
+// and a plaintext side (a uv_tcp_t or uv_pipe_t):
 //   server mode: TLS side = the accepted client, plain side = the backend we connect to;
 //                accept -> TLS handshake -> connect backend -> splice.
 //   client mode: plain side = the accepted local client, TLS side = the upstream we connect to;
@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 
+#include "core/edge_poller.h"
 #include "core/end_reason.h"
 #include "core/handshake_failure.h"
 #include "core/openssl_ptr.h"
@@ -55,7 +56,7 @@ class Connection {
   enum class State { proxy_header, handshake, connecting, splicing, closing };
 
   // libuv callbacks: cast `data` and forward.
-  static void on_tls_poll(uv_poll_t* h, int status, int events);
+  static void on_tls_ready(void* self, uint32_t epoll_events);
   static void on_timer(uv_timer_t* t);
   static void on_connect(uv_connect_t* req, int status);
   static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
@@ -70,7 +71,9 @@ class Connection {
   bool client_mode() const { return service_.config.mode == ServiceMode::client; }
   void start_server_mode();
   void start_client_mode();
-  void begin_tls_accept();
+  // `bytes_waiting`: the ClientHello may already be in the socket (after a PROXY header), so
+  // try the handshake now rather than wait for a readiness edge that already came.
+  void begin_tls_accept(bool bytes_waiting);
   void read_proxy_header();
   bool access_allowed(const char* when);
   // Backends: each connect attempt goes to the next candidate of group_ (and, for a host name,
@@ -150,7 +153,7 @@ class Connection {
   std::optional<TlsWriteBuffer> tx_;  // the SSL's write BIO gathers records here
   SslPtr ssl_;                        // declared after tx_: freed first
 
-  uv_poll_t tls_poll_{};
+  EdgePoller::Watch watch_{};  // tls_fd_'s readiness, while watching_
   uv_timer_t timer_{};
   union {
     uv_handle_t handle;
@@ -163,8 +166,8 @@ class Connection {
   uv_shutdown_t shutdown_req_{};
   int open_handles_ = 0;
   bool plain_open_ = false;  // plain_ was initialised (and must be closed)
-  bool tls_poll_open_ = false;  // tls_poll_ was initialised (and must be closed)
-  int poll_events_ = 0;      // events tls_poll_ currently waits for
+  bool watching_ = false;    // tls_fd_ is in the worker's EdgePoller (until it is closed)
+  int poll_events_ = 0;      // UV_READABLE/UV_WRITABLE: the edges the TLS side waits for
 
   uint64_t start_ns_ = 0;          // uv_hrtime() at accept
   uint64_t handshake_ns_ = 0;      // accept to finished handshake; 0 until then

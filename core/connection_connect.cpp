@@ -27,10 +27,6 @@
 namespace ferry {
 namespace {
 
-uv_handle_t* handle(auto* h) {
-  return reinterpret_cast<uv_handle_t*>(h);
-}
-
 // The TLV fields of a PROXY v2 header from a finished server-side handshake.
 void fill_proxy_tls_fields(const SSL* ssl, proxy::Header& h) {
   const unsigned char* alpn = nullptr;
@@ -149,16 +145,12 @@ void Connection::read_proxy_header() {
     local_ = SocketAddress::from(reinterpret_cast<const sockaddr*>(&h.dst), len);
   }
   if (!access_allowed("the PROXY header's address")) return;
-  begin_tls_accept();
+  begin_tls_accept(true);
 }
 
 // A failed connect attempt's handle is closed: try the next address or backend.
 void Connection::on_attempt_closed(uv_handle_t* h) {
   auto* self = static_cast<Connection*>(h->data);
-  if (h == reinterpret_cast<uv_handle_t*>(&self->tls_poll_) && self->tls_fd_ >= 0) {
-    ::close(self->tls_fd_);  // client mode: the upstream socket goes with its poll handle
-    self->tls_fd_ = -1;
-  }
   if (--self->open_handles_ == 0 && self->state_ == State::closing) {
     self->worker_.connection_finished(self);
     return;
@@ -245,13 +237,9 @@ void Connection::next_attempt(const std::string& why) {
     uv_close(&plain_.handle, on_attempt_closed);
     return;
   }
-  if (client_mode() && tls_poll_open_) {
-    tls_poll_open_ = false;
-    uv_close(handle(&tls_poll_), on_attempt_closed);  // closes tls_fd_ too
-    return;
-  }
   if (client_mode() && tls_fd_ >= 0) {
-    ::close(tls_fd_);
+    watching_ = false;
+    ::close(tls_fd_);  // also leaves the poller
     tls_fd_ = -1;
   }
   if (dns_next_) {

@@ -109,6 +109,7 @@ long TlsWriteBuffer::bio_ctrl(BIO* bio, int cmd, long /*num*/, void* /*ptr*/) {
   switch (cmd) {
     case BIO_CTRL_FLUSH: {
       BIO_clear_retry_flags(bio);
+      if (self->hold_) return 1;
       const Flush r = self->flush();
       if (r == Flush::done) return 1;
       if (r == Flush::blocked) {

@@ -33,6 +33,10 @@ class TlsWriteBuffer {
   Flush flush();  // send what is buffered
   size_t pending() const { return len_ - off_; }
   void discard();  // drop what is buffered (the peer is gone); the error stays
+  // While held, OpenSSL's flush requests are acknowledged without sending: the caller flushes
+  // after SSL_do_handshake returns, so a flight OpenSSL flushes message by message (a TLS 1.3
+  // server's two session tickets, say) leaves in one send().
+  void hold_flushes(bool hold) { hold_ = hold; }
   int error() const { return error_; }  // errno of a failed send, 0 if none
 
  private:
@@ -46,6 +50,7 @@ class TlsWriteBuffer {
   size_t off_ = 0;       // first unsent byte
   size_t len_ = 0;       // end of buffered bytes
   int error_ = 0;
+  bool hold_ = false;
 };
 
 }  // namespace ferry

@@ -3,6 +3,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include "core/connection.h"
 #include "core/listener.h"
 #include "core/log.h"
@@ -17,6 +20,10 @@ Worker::Worker(int id, std::shared_ptr<const Runtime> runtime, std::vector<int> 
   async_.data = this;
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
+  if (!poller_.start()) {
+    // Without it no connection can be served: refuse them (adopt) and say why once.
+    LOG_ERROR("worker %d: cannot create its connection poller: %s", id_, std::strerror(errno));
+  }
 }
 
 Worker::~Worker() {
@@ -122,6 +129,7 @@ void Worker::maybe_end_loop() {
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  poller_.close();
 }
 
 void Worker::join() {

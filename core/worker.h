@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/buffer_pool.h"
+#include "core/edge_poller.h"
 #include "core/runtime.h"
 
 namespace ferry {
@@ -48,6 +49,7 @@ class Worker {
   uv_loop_t* loop() { return &loop_; }
   BufferPool& buffers() { return buffers_; }
   BufferPool& tls_tx_buffers() { return tls_tx_buffers_; }
+  EdgePoller& poller() { return poller_; }  // the connections' TLS-side sockets
   // A new client on service `service_index`; `holds_slot`: it took a max_connections slot.
   void adopt(int fd, const sockaddr_storage& peer, socklen_t peer_len, size_t service_index,
              bool holds_slot);
@@ -70,6 +72,7 @@ class Worker {
   uv_loop_t loop_{};
   uv_async_t async_{};
   uv_timer_t drain_timer_{};  // shutdown_timeout while draining
+  EdgePoller poller_{&loop_};
   std::function<void()> on_exit_;
   std::thread thread_;
   std::shared_ptr<const Runtime> runtime_;  // for new connections

@@ -1174,8 +1174,12 @@ def descriptor_exhaustion():
                  ("ferry_handshake_failures_total", {"service": "web", "reason": "peer_closed"},
                   2 * (free + 10))])
         normal_client_works(f, CTX)
+        # One line per episode was checked above, while exhausted. When the raw clients go, the
+        # backlog can be accepted before ferry has closed their dead connections: a brief
+        # further episode, with its own single line, is right (seen on a loaded machine).
         lines = len(re.findall(EMFILE_RE, f.stderr_text(), re.M))
-        f.check(lines == 2, f"{lines} 'Too many open files' lines for 2 episodes")
+        f.check(2 <= lines <= 4, f"{lines} 'Too many open files' lines for 2 episodes (each "
+                                 f"may end with one brief episode more)")
         m = f.scrape()
         failed = H.mget(m, "ferry_config_reloads_total", result="failure")
         last_ok = H.mget(m, "ferry_config_last_reload_successful")

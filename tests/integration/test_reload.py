@@ -163,9 +163,21 @@ def refused(port, timeout=1):
         return True
 
 
+def truly_refused(port, timeout=2.0):
+    """Refused (RST to the SYN): no listener left. A reset after the connection was made only
+    says it hit a listener as that one closed; with several workers another may still be open."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return False
+
+
 def wait_refused(f, port, timeout, what):
     deadline = time.monotonic() + H.bound(timeout)
-    while not refused(port):
+    while not truly_refused(port):
         if time.monotonic() >= deadline:
             f.fail(f"{what}: port {port} still accepts connections after {H.bound(timeout)}s")
         time.sleep(0.01)

@@ -25,11 +25,15 @@ constexpr uint64_t kLimitPollMs = 20;  // at max_connections: look for room (oth
 
 }  // namespace
 
-void set_tcp_options(int fd, std::chrono::milliseconds keepalive) {
+void set_tcp_options(int fd, std::chrono::milliseconds keepalive, bool clear_keepalive) {
   const int one = 1;
   // TLS records are written whole: Nagle would only hold the last one of a reply back.
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (keepalive.count() <= 0) return;
+  if (keepalive.count() <= 0) {
+    const int zero = 0;
+    if (clear_keepalive) ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &zero, sizeof zero);
+    return;
+  }
   const int idle = static_cast<int>(std::max<int64_t>(1, keepalive.count() / 1000));
   const int interval = std::max(1, idle / 4);
   const int count = 4;
@@ -150,7 +154,18 @@ Listener::~Listener() {
   }
 }
 
+void Listener::set_service_index(size_t index) {
+  service_index_ = index;
+  apply_socket_options();
+}
+
+void Listener::apply_socket_options() {
+  const ServiceRuntime& svc = worker_.service(service_index_);
+  if (!svc.accept.is_unix()) set_tcp_options(fd_, svc.config.tcp_keepalive, true);
+}
+
 bool Listener::start() {
+  apply_socket_options();
   if (uv_poll_init_socket(worker_.loop(), &poll_, fd_) != 0) return false;
   poll_.data = this;
   ++open_handles_;
@@ -229,8 +244,7 @@ void Listener::accept_batch() {
     const int fd =
         ::accept4(fd_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      fd_exhausted_logged_ = false;
-      if (peer.ss_family != AF_UNIX) set_tcp_options(fd, svc.config.tcp_keepalive);
+      fd_exhausted_logged_ = false;  // TCP options: inherited from the listening socket
       worker_.adopt(fd, peer, len, service_index_, max != 0);
       continue;
     }

@@ -24,9 +24,11 @@ int open_listen_socket(const SocketAddress& addr, int backlog, std::string& why)
 int open_unix_listen_socket(const SocketAddress& addr, int backlog, int mode,
                             const std::string& owner, const std::string& group, std::string& why);
 
-// Per accepted or connected TCP socket: TCP_NODELAY, and keepalive probes when `keepalive` > 0
-// (idle time = keepalive, then 4 probes keepalive/4 apart).
-void set_tcp_options(int fd, std::chrono::milliseconds keepalive);
+// Per TCP socket: TCP_NODELAY, and keepalive probes when `keepalive` > 0 (idle time =
+// keepalive, then 4 probes keepalive/4 apart). Set on a listening socket, they are inherited by
+// every socket accepted from it (Linux copies them at accept); `clear_keepalive` then also turns
+// probes off when `keepalive` is 0 (a reload may have removed tcp_keepalive).
+void set_tcp_options(int fd, std::chrono::milliseconds keepalive, bool clear_keepalive = false);
 
 // Whether another process already listens on `addr`. SO_REUSEPORT would otherwise let a second
 // ferry (same user) bind the same port silently and take half the traffic: bind once without it
@@ -47,9 +49,10 @@ class Listener {
   void resume_if_paused();
   int fd() const { return fd_; }
   size_t service_index() const { return service_index_; }
-  void set_service_index(size_t index) { service_index_ = index; }  // after a reload
+  void set_service_index(size_t index);  // after a reload: the same socket, maybe new options
 
  private:
+  void apply_socket_options();  // what accepted sockets inherit (TCP listeners)
   static void on_poll(uv_poll_t* h, int status, int events);
   static void on_backoff(uv_timer_t* t);
   static void on_close(uv_handle_t* h);

@@ -193,9 +193,8 @@ void Connection::begin_tls_accept(bool bytes_waiting) {
   set_poll(UV_READABLE);
 }
 
-void Connection::start_client_mode() {
-  const bool unix_client = peer_.is_unix();
-  if (unix_client) {
+void Connection::init_plain(bool unix_socket) {
+  if (unix_socket) {
     uv_pipe_init(worker_.loop(), &plain_.pipe, 0);
   } else {
     uv_tcp_init(worker_.loop(), &plain_.tcp);
@@ -203,6 +202,11 @@ void Connection::start_client_mode() {
   plain_.handle.data = this;
   plain_open_ = true;
   ++open_handles_;
+}
+
+void Connection::start_client_mode() {
+  const bool unix_client = peer_.is_unix();
+  init_plain(unix_client);
   const int rc = unix_client ? uv_pipe_open(&plain_.pipe, accepted_fd_)
                              : uv_tcp_open(&plain_.tcp, accepted_fd_);
   if (rc != 0) {
@@ -294,7 +298,8 @@ void Connection::do_handshake() {
   const int saved_errno = errno;  // before SSL_get_error, which may touch it
   // What OpenSSL wrote (flushes are held during the handshake) goes now, in one send(): the
   // next flight, the session tickets, or the alert of a failed handshake.
-  const TlsWriteBuffer::Flush sent = tx_->pending() != 0 ? tx_->flush() : TlsWriteBuffer::Flush::done;
+  const TlsWriteBuffer::Flush sent =
+      tx_->pending() != 0 ? tx_->flush() : TlsWriteBuffer::Flush::done;
   const int err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_.get(), r);
   const bool in_progress = err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
   if (sent == TlsWriteBuffer::Flush::error && (r == 1 || in_progress)) {
@@ -771,8 +776,9 @@ void Connection::close(EndReason reason) {
   log_access();  // every connection, failed handshakes included (end=handshake_failed)
 
   uv_close(handle(&timer_), on_handle_closed);
-  // tls_fd_ stays in the poller until the destructor closes it; its edges are ignored now.
-  // Its callback still comes (UV_ECANCELED if the cancel took) and releases the connection.
+  // (tls_fd_ stays in the poller until the destructor closes it; its edges are ignored now.)
+  // The resolver's callback still comes (UV_ECANCELED if the cancel took) and releases the
+  // connection.
   if (dns_pending_) uv_cancel(reinterpret_cast<uv_req_t*>(&dns_req_));
   // An error on one side is passed on as a reset of the other, never as a clean end of stream
   // (a truncated upload or download must not look complete).

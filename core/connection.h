@@ -71,6 +71,7 @@ class Connection {
   bool client_mode() const { return service_.config.mode == ServiceMode::client; }
   void start_server_mode();
   void start_client_mode();
+  void init_plain(bool unix_socket);  // plain_ as a uv_pipe_t or uv_tcp_t, counted as open
   // `bytes_waiting`: the ClientHello may already be in the socket (after a PROXY header), so
   // try the handshake now rather than wait for a readiness edge that already came.
   void begin_tls_accept(bool bytes_waiting);
@@ -138,7 +139,7 @@ class Connection {
 
   // Backend choice. group_ is the service's or the route's; bit i of tried_ = backend i tried.
   const BackendGroup* group_ = nullptr;
-  int backend_ = -1;  // index in group_ of the current attempt / the connected backend
+  int backend_ = -1;              // index in group_ of the current attempt / the connected backend
   bool backend_counted_ = false;  // backend_'s `active` was incremented
   uint64_t tried_ = 0;
   uint64_t cursor_ = 0;

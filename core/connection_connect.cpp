@@ -266,14 +266,7 @@ void Connection::free_dns() {
 }
 
 void Connection::connect_backend(const SocketAddress& to) {
-  if (to.is_unix()) {
-    uv_pipe_init(worker_.loop(), &plain_.pipe, 0);
-  } else {
-    uv_tcp_init(worker_.loop(), &plain_.tcp);
-  }
-  plain_.handle.data = this;
-  plain_open_ = true;
-  ++open_handles_;
+  init_plain(to.is_unix());
   connect_req_.data = this;
   if (to.is_unix()) {
     uv_pipe_connect(&connect_req_, &plain_.pipe, to.unix_path().c_str(), on_connect);

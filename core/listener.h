@@ -67,7 +67,7 @@ class Listener {
   int open_handles_ = 0;
   bool closing_ = false;
   bool fd_exhausted_logged_ = false;  // one log line per exhaustion episode
-  bool paused_at_limit_ = false;       // max_connections reached; backoff_ polls for room
+  bool paused_at_limit_ = false;      // max_connections reached; backoff_ polls for room
 };
 
 }  // namespace ferry

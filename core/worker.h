@@ -82,7 +82,7 @@ class Worker {
   BufferPool tls_tx_buffers_{BufferPool::kTlsTxBufferSize};
   Connection* connections_ = nullptr;  // intrusive list of live connections
   uint64_t next_connection_id_ = 1;
-  bool stopping_ = false;  // no longer accepting: draining or shutting down
+  bool stopping_ = false;     // no longer accepting: draining or shutting down
   bool loop_ending_ = false;  // async_ is closing: post() drops commands (commands_mutex_)
   bool loop_closed_cleanly_ = false;
   std::atomic<size_t> active_{0};

@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <tuple>
 #include <exception>
+#include <tuple>
 
 #include "config/config.h"
 #include "core/log.h"

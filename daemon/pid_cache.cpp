@@ -11,9 +11,9 @@
 // child, so OpenSSL's fork detection keeps working. ferry itself never forks; the only other way
 // to a new process, posix_spawn/vfork, runs exec in the child without calling getpid().
 
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
-#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>

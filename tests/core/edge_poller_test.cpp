@@ -28,7 +28,8 @@ void record(void* owner, uint32_t events) {
 void turn(uv_loop_t* loop, uint64_t ms) {
   uv_timer_t guard;
   uv_timer_init(loop, &guard);
-  uv_timer_start(&guard, [](uv_timer_t*) {}, ms, 0);
+  uv_timer_start(
+      &guard, [](uv_timer_t*) {}, ms, 0);
   uv_run(loop, UV_RUN_ONCE);
   uv_close(reinterpret_cast<uv_handle_t*>(&guard), nullptr);
   uv_run(loop, UV_RUN_NOWAIT);

@@ -123,7 +123,7 @@ void Connection::start() {
   }
 }
 
-bool Connection::init_tls_poll() {
+bool Connection::watch_tls_socket() {
   watch_.on_ready = on_tls_ready;
   watch_.owner = this;
   if (worker_.poller().add(tls_fd_, &watch_) != 0) return false;
@@ -157,7 +157,7 @@ bool Connection::create_ssl() {
 }
 
 void Connection::start_server_mode() {
-  if (!init_tls_poll()) {
+  if (!watch_tls_socket()) {
     close(EndReason::client_error);
     return;
   }

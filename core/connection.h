@@ -86,7 +86,7 @@ class Connection {
   void backend_exhausted();
   void send_proxy_header();
   void free_dns();
-  bool init_tls_poll();
+  bool watch_tls_socket();
   bool create_ssl();
   void do_handshake();
   void handshake_failed(HandshakeFailure reason, const std::string& detail);

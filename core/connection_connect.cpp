@@ -220,8 +220,9 @@ void Connection::connect_to(const SocketAddress& to) {
   }
 }
 
-// Move on after a connect attempt: `why` non-empty means it failed (logged). The attempt's handle
-// is closed first (on_attempt_closed calls back with why = ""). Then the current backend's next
+// Move on after a connect attempt: `why` non-empty means it failed (logged). The attempt's
+// socket goes first: server mode closes the backend handle and on_attempt_closed calls back with
+// why = ""; client mode closes the upstream socket at once. Then the current backend's next
 // resolved address, if any; else the backend counts as failed and the next one is tried.
 void Connection::next_attempt(const std::string& why) {
   if (state_ != State::connecting) return;
@@ -288,7 +289,7 @@ void Connection::connect_upstream(const SocketAddress& to) {
     next_attempt(std::strerror(errno));
     return;
   }
-  if (!init_tls_poll()) {
+  if (!watch_tls_socket()) {
     next_attempt("cannot watch the socket");
     return;
   }
